@@ -1,0 +1,65 @@
+"""A compact CNN selector backbone for laptop-CPU runs.
+
+Same two-map interface as LR-ASPP MobileNetV3: `low` features at stride 8, and `high`
+features computed at stride 16, gated by a sigmoid of their global average (LR-ASPP's
+"scale" branch) and bilinearly upsampled to stride 8. About 50k parameters at the defaults.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class SmallSelectorBackbone(nnx.Module):
+    """Four strided 3x3 conv layers (strides 2, 2, 2, 2) and an LR-ASPP-style head body.
+
+    `__call__(x [B, H, W, 3]) -> (low [B, H/8, W/8, low_channels],
+    high [B, H/8, W/8, high_channels])`.
+    """
+
+    def __init__(
+        self,
+        *,
+        widths: tuple[int, int, int, int] = (16, 24, 32, 64),
+        high_channels: int = 32,
+        rngs: nnx.Rngs,
+    ):
+        """Builds the network.
+
+        Args:
+          widths: output channels of the four stride-2 convolutions; the third is the stride-8
+            `low` map, the fourth feeds the stride-16 `high` branch.
+          high_channels: channels of the `high` map.
+          rngs: initialisation keys.
+        """
+        in_channels = (3, *widths[:-1])
+        self.convs = nnx.List(
+            [
+                nnx.Conv(c_in, c_out, (3, 3), strides=2, padding=1, rngs=rngs)
+                for c_in, c_out in zip(in_channels, widths, strict=True)
+            ]
+        )
+        self.high_proj = nnx.Conv(widths[3], high_channels, (1, 1), rngs=rngs)
+        self.high_gate = nnx.Conv(widths[3], high_channels, (1, 1), rngs=rngs)
+        self.low_channels = widths[2]
+        self.high_channels = high_channels
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Feature maps of a batch of normalised images.
+
+        Args:
+          x: [B, H, W, 3], H and W divisible by 16.
+
+        Returns:
+          (low [B, H/8, W/8, low_channels], high [B, H/8, W/8, high_channels]).
+        """
+        h = x
+        for conv in self.convs[:3]:
+            h = nnx.relu(conv(h))
+        low = h
+        deep = nnx.relu(self.convs[3](low))
+        gate = nnx.sigmoid(self.high_gate(deep.mean(axis=(1, 2), keepdims=True)))
+        high = nnx.relu(self.high_proj(deep)) * gate
+        batch, height, width, _ = low.shape
+        high = jax.image.resize(high, (batch, height, width, high.shape[-1]), "bilinear")
+        return low, high.astype(jnp.result_type(low))
