@@ -15,6 +15,7 @@ shifts region outputs (see `grouped_select.selector`):
 Both give identical results.
 """
 
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import jax
@@ -23,6 +24,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from grouped_select.model import P2P, EvalOutputs
+from grouped_select.selector import RegionScores
 
 SearchMethod = Literal["grid", "while_loop"]
 
@@ -68,6 +70,70 @@ def _max_prob(log_probs: jax.Array) -> jax.Array:
     return jax.nn.softmax(log_probs, axis=-1).max(axis=-1)
 
 
+def _base_scores(model: P2P, x: jax.Array, region_ids: jax.Array, num_regions: int):
+    selector = model.selector
+    low, high = selector.features(x)
+    return selector.pool(selector.pixel_outputs(low, high, x.shape[1:3]), region_ids, num_regions)
+
+
+def _choose(
+    model: P2P,
+    x: jax.Array,
+    region_ids: jax.Array,
+    base: RegionScores,
+    grid: jax.Array,
+    grid_log_probs: jax.Array,
+    certainty: jax.Array,
+) -> BudgetSearch:
+    """The search's result from the classifier's output at every grid budget."""
+    max_probs = _max_prob(grid_log_probs)  # [G, B]
+    # The last grid value (τ = 1) is the fallback, not a test: confident below it only.
+    hits = max_probs[:-1] >= certainty
+    confident = hits.any(axis=0)
+    index = jnp.where(confident, jnp.argmax(hits, axis=0), grid.shape[0] - 1)
+    budget = grid[index]
+    chosen = grid_log_probs[index, jnp.arange(x.shape[0])]
+    scores = model.selector.with_budget(base, budget)
+    outputs = model.classify_selection(x, region_ids, scores, chosen)
+    return BudgetSearch(budget, outputs, confident, max_probs)
+
+
+def dynamic_budget_searches(
+    model: P2P,
+    x: jax.Array,
+    region_ids: jax.Array,
+    certainties: Sequence[float],
+    *,
+    num_regions: int,
+    step: float = 0.05,
+    grid_chunk: int | None = None,
+) -> tuple[BudgetSearch, ...]:
+    """The grid search at several certainties for the price of one (one classifier sweep).
+
+    Args:
+      model, x, region_ids, num_regions, step, grid_chunk: as `dynamic_budget_search`.
+      certainties: the δ values.
+
+    Returns:
+      One `BudgetSearch` per certainty, in order.
+    """
+    base = _base_scores(model, x, region_ids, num_regions)
+    grid = jnp.asarray(budget_grid(step))
+    grid_log_probs = _grid_log_probs(model, x, region_ids, base, grid, grid_chunk)
+    return tuple(
+        _choose(model, x, region_ids, base, grid, grid_log_probs, jnp.float32(c))
+        for c in certainties
+    )
+
+
+def _grid_log_probs(model, x, region_ids, base, grid, grid_chunk) -> jax.Array:
+    def at(tau):
+        scores = model.selector.with_budget(base, tau)
+        return model.classify_selection(x, region_ids, scores).log_probs
+
+    return jax.lax.map(at, grid, batch_size=grid_chunk)  # [G, B, C]
+
+
 def dynamic_budget_search(
     model: P2P,
     x: jax.Array,
@@ -94,54 +160,42 @@ def dynamic_budget_search(
     Returns:
       `BudgetSearch`.
     """
-    selector = model.selector
-    low, high = selector.features(x)
-    base = selector.pool(selector.pixel_outputs(low, high, x.shape[1:3]), region_ids, num_regions)
+    base = _base_scores(model, x, region_ids, num_regions)
     grid = jnp.asarray(budget_grid(step))
     certainty = jnp.asarray(certainty, jnp.float32)
-    batch = x.shape[0]
-
-    def evaluate(tau: jax.Array, log_probs: jax.Array | None = None) -> EvalOutputs:
-        return model.classify_selection(x, region_ids, selector.with_budget(base, tau), log_probs)
-
     if method == "grid":
-        all_log_probs = jax.lax.map(
-            lambda tau: evaluate(tau).log_probs, grid, batch_size=grid_chunk
-        )  # [G, B, C]
-        max_probs = _max_prob(all_log_probs)
-        # The last grid value (τ = 1) is the fallback, not a test: confident below it only.
-        hits = max_probs[:-1] >= certainty
-        confident = hits.any(axis=0)
-        index = jnp.where(confident, jnp.argmax(hits, axis=0), grid.shape[0] - 1)
-        budget = grid[index]
-        chosen_log_probs = all_log_probs[index, jnp.arange(batch)]
-        return BudgetSearch(budget, evaluate(budget, chosen_log_probs), confident, max_probs)
-    elif method == "while_loop":
-        step32 = jnp.float32(step)
-        num_grid = grid.shape[0]
+        grid_log_probs = _grid_log_probs(model, x, region_ids, base, grid, grid_chunk)
+        return _choose(model, x, region_ids, base, grid, grid_log_probs, certainty)
+    if method != "while_loop":
+        raise ValueError(f"method must be 'grid' or 'while_loop', got {method!r}.")
 
-        def cond(state):
-            _, tau, done, _ = state
-            return (tau.max() < 1.0) & ~done.all()
+    def evaluate(tau: jax.Array) -> EvalOutputs:
+        return model.classify_selection(x, region_ids, model.selector.with_budget(base, tau))
 
-        def body(state):
-            k, tau, done, max_probs = state
-            prob = _max_prob(evaluate(tau).log_probs)
-            max_probs = max_probs.at[jnp.minimum(k, num_grid - 1)].set(
-                jnp.where(done, max_probs[jnp.minimum(k, num_grid - 1)], prob)
-            )
-            done = done | (prob >= certainty)
-            tau = tau + (1.0 - done.astype(jnp.float32)) * step32
-            return k + 1, tau, done, max_probs
+    step32 = jnp.float32(step)
+    num_grid = grid.shape[0]
 
-        init = (
-            jnp.int32(0),
-            jnp.full((batch,), step32),
-            jnp.zeros((batch,), bool),
-            jnp.full((num_grid, batch), jnp.nan, jnp.float32),
-        )
-        _, tau, confident, max_probs = jax.lax.while_loop(cond, body, init)
-        budget = jnp.minimum(tau, 1.0)
-        # One more classifier pass: images never confident end at τ = 1, not yet evaluated.
-        return BudgetSearch(budget, evaluate(budget), confident, max_probs)
-    raise ValueError(f"method must be 'grid' or 'while_loop', got {method!r}.")
+    def cond(state):
+        _, tau, done, _ = state
+        return (tau.max() < 1.0) & ~done.all()
+
+    def body(state):
+        k, tau, done, max_probs = state
+        prob = _max_prob(evaluate(tau).log_probs)
+        row = jnp.minimum(k, num_grid - 1)
+        max_probs = max_probs.at[row].set(jnp.where(done, max_probs[row], prob))
+        done = done | (prob >= certainty)
+        tau = tau + (1.0 - done.astype(jnp.float32)) * step32
+        return k + 1, tau, done, max_probs
+
+    batch = x.shape[0]
+    init = (
+        jnp.int32(0),
+        jnp.full((batch,), step32),
+        jnp.zeros((batch,), bool),
+        jnp.full((num_grid, batch), jnp.nan, jnp.float32),
+    )
+    _, tau, confident, max_probs = jax.lax.while_loop(cond, body, init)
+    budget = jnp.minimum(tau, 1.0)
+    # One more classifier pass: images never confident end at τ = 1, not yet evaluated.
+    return BudgetSearch(budget, evaluate(budget), confident, max_probs)

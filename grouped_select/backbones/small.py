@@ -2,12 +2,14 @@
 
 Same two-map interface as LR-ASPP MobileNetV3: `low` features at stride 8, and `high`
 features computed at stride 16, gated by a sigmoid of their global average (LR-ASPP's
-"scale" branch) and bilinearly upsampled to stride 8. About 50k parameters at the defaults.
+"scale" branch) and bilinearly upsampled to stride 8. About 34k parameters at the defaults.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from grouped_select.backbones.vit import ViT, ViTVariant
 
 
 class SmallSelectorBackbone(nnx.Module):
@@ -63,3 +65,26 @@ class SmallSelectorBackbone(nnx.Module):
         batch, height, width, _ = low.shape
         high = jax.image.resize(high, (batch, height, width, high.shape[-1]), "bilinear")
         return low, high.astype(jnp.result_type(low))
+
+
+# A ViT small enough to train in minutes on a laptop CPU at 64x64 (patch 8: 64 tokens).
+SMALL_VIT = ViTVariant(hidden_size=64, num_layers=3, num_heads=4, mlp_dim=128)
+
+
+def small_vit_classifier(
+    num_classes: int, *, image_size: int = 64, patch_size: int = 8, rngs: nnx.Rngs
+) -> ViT:
+    """The CPU-sized classifier: a 3-layer, 64-wide ViT (about 118k parameters).
+
+    Args:
+      num_classes: classifier outputs.
+      image_size: input side (a multiple of `patch_size`).
+      patch_size: patch side.
+      rngs: initialisation keys.
+
+    Returns:
+      A `ViT` in the Hugging Face layout, so the same code paths serve it and ViT-Ti/S/B.
+    """
+    return ViT(
+        num_classes, variant=SMALL_VIT, image_size=image_size, patch_size=patch_size, rngs=rngs
+    )

@@ -23,8 +23,14 @@ def _losses(logits, labels, probs, ids, budget, cov, epoch, num_regions, variant
     kept = regions.kept_fraction(probs, sizes)
     weight = objective.annealed_sparsity_weight(epoch, num_epochs, SPARSITY_WEIGHT)
     losses = objective.p2p_losses(
-        logits, labels, kept, budget, cov,
-        sparsity_weight=weight, covariance_weight=COVARIANCE_WEIGHT, variant=variant,
+        logits,
+        labels,
+        kept,
+        budget,
+        cov,
+        sparsity_weight=weight,
+        covariance_weight=COVARIANCE_WEIGHT,
+        variant=variant,
     )
     return losses, weight
 
@@ -43,9 +49,16 @@ def test_every_golden_objective_case(golden):
         variant, budget_kind, epoch = CASE.match(case).groups()
         budget = FIXED_BUDGET if budget_kind == "fixed" else data["tau"]
         losses, weight = _losses(
-            data["logits"], data["target"].astype(np.int32), data["group_probs"], data["ids"],
-            budget, data["cov"], int(epoch),
-            num_regions=num_regions, variant=variant, num_epochs=100,
+            data["logits"],
+            data["target"].astype(np.int32),
+            data["group_probs"],
+            data["ids"],
+            budget,
+            data["cov"],
+            int(epoch),
+            num_regions=num_regions,
+            variant=variant,
+            num_epochs=100,
         )
         got = np.array([losses.cross_entropy, losses.sparsity, losses.covariance, losses.total])
         np.testing.assert_allclose(got, data[case], rtol=1e-5, atol=1e-7, err_msg=case)
@@ -59,8 +72,11 @@ def test_every_golden_objective_case(golden):
 @pytest.mark.golden
 def test_schedules_match_published_code(golden):
     data = golden("schedules.npz")
-    lengths = sorted(int(k.removeprefix("temperature_epochs")) for k in data
-                     if k.startswith("temperature_epochs"))
+    lengths = sorted(
+        int(k.removeprefix("temperature_epochs"))
+        for k in data
+        if k.startswith("temperature_epochs")
+    )
     assert lengths, "no schedules in the golden file"
     for num_epochs in lengths:
         epochs = jnp.arange(num_epochs)
@@ -76,12 +92,14 @@ def test_kl_sparsity_is_zero_under_budget_and_grows_above():
     penalty = jax.jit(objective.sparsity_penalty, static_argnames="variant")
     budget = jnp.array([0.3, 0.3])
     assert float(penalty(jnp.array([0.1, 0.3]), budget, 10.0, variant="kl")) == 0.0
-    values = [float(penalty(jnp.array([p, p]), budget, 1.0, variant="kl"))
-              for p in (0.4, 0.7, 0.99)]
+    values = [
+        float(penalty(jnp.array([p, p]), budget, 1.0, variant="kl")) for p in (0.4, 0.7, 0.99)
+    ]
     assert 0 < values[0] < values[1] < values[2]
     # Above the budget it behaves like -log(1 - p̄) shifted: exact value check.
-    np.testing.assert_allclose(values[1], -np.log(1 - 0.3 + 1e-6 - 0.4) + np.log(1 - 0.3 + 1e-6),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        values[1], -np.log(1 - 0.3 + 1e-6 - 0.4) + np.log(1 - 0.3 + 1e-6), rtol=1e-5
+    )
     np.testing.assert_allclose(
         penalty(jnp.array([0.5, 0.2]), 0.3, 2.0, variant="l1"), 2.0 * (0.2 + 0.0) / 2, rtol=1e-6
     )

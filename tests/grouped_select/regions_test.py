@@ -99,7 +99,9 @@ def test_pool_matches_numpy_and_empty_regions_are_zero(method):
 
 
 def test_pooling_implementations_agree():
-    features, ids, k = _random_case(seed=3, batch=4, height=32, width=32, channels=4, num_regions=50)
+    features, ids, k = _random_case(
+        seed=3, batch=4, height=32, width=32, channels=4, num_regions=50
+    )
     a = _pool(features, ids, num_regions=k, method="segment_sum")
     b = _pool(features, ids, num_regions=k, method="one_hot")
     chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
@@ -121,8 +123,9 @@ def test_broadcast_inverts_pooling_of_region_constant_features():
     chex.assert_shape(pixels, (2, *ids.shape))
     pooled = _pool(np.moveaxis(np.asarray(pixels), 0, -1), ids, num_regions=k, method="segment_sum")
     present = np.asarray(_sizes(ids, num_regions=k)) > 0
-    np.testing.assert_allclose(np.moveaxis(np.asarray(pooled), -1, 0)[:, present],
-                               values[:, present], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.moveaxis(np.asarray(pooled), -1, 0)[:, present], values[:, present], rtol=1e-6
+    )
 
 
 def test_kept_fraction_is_size_weighted():

@@ -36,7 +36,9 @@ def test_sampler_moments_match_low_rank_covariance():
         diag = np.diag(cov[b])
         # Standard error of a sample covariance entry under a Gaussian: sqrt((ΣiiΣjj + Σij²)/n).
         std_err = np.sqrt((np.outer(diag, diag) + cov[b] ** 2) / NUM_SAMPLES)
-        assert np.all(np.abs(empirical - cov[b]) < 5 * std_err), np.abs(empirical - cov[b]) / std_err
+        assert np.all(np.abs(empirical - cov[b]) < 5 * std_err), (
+            np.abs(empirical - cov[b]) / std_err
+        )
         mean_err = np.sqrt(diag / NUM_SAMPLES)
         assert np.all(np.abs(samples[:, b].mean(0) - mean[b]) < 5 * mean_err)
 
@@ -74,8 +76,8 @@ def test_straight_through_is_hard_forward_relaxed_backward():
     hard = jax.jit(forward, static_argnums=1)(logits, True)
     relaxed = jax.jit(forward, static_argnums=1)(logits, False)
     np.testing.assert_array_equal(hard, (relaxed > 0.5).astype(np.float32))
-    grad_hard = jax.jit(jax.grad(lambda l: jnp.sum(forward(l, True) * jnp.arange(64.0))))(logits)
-    grad_soft = jax.jit(jax.grad(lambda l: jnp.sum(forward(l, False) * jnp.arange(64.0))))(logits)
+    grad_hard = jax.jit(jax.grad(lambda v: jnp.sum(forward(v, True) * jnp.arange(64.0))))(logits)
+    grad_soft = jax.jit(jax.grad(lambda v: jnp.sum(forward(v, False) * jnp.arange(64.0))))(logits)
     np.testing.assert_allclose(grad_hard, grad_soft, rtol=1e-6)
     assert np.abs(grad_hard).sum() > 0
 

@@ -1,0 +1,261 @@
+"""Vision Transformer classifier in the Hugging Face `ViTForImageClassification` layout.
+
+Patch-16 conv embedding, a class token, learned position embeddings, pre-LayerNorm encoder
+blocks (attention and an MLP with exact erf GELU, each added residually), a final LayerNorm
+and a linear classifier on the class token. LayerNorm eps defaults to HF's 1e-12. There is no
+dropout: HF's ViT configs use 0.0.
+
+`VIT_VARIANTS` holds ViT-Ti/16, ViT-S/16 and ViT-B/16. The image size is a constructor
+argument; weights trained at another resolution need their position embeddings resized with
+`resize_position_embeddings` (`grouped_select.convert.load_vit_weights` does it when loading).
+"""
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.typing import ArrayLike
+
+# HF initialises every linear / conv kernel and both embeddings with trunc_normal(std=0.02).
+_INIT = nnx.initializers.truncated_normal(stddev=0.02)
+
+
+class ViTVariant(NamedTuple):
+    """Width and depth of a ViT."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+
+
+VIT_VARIANTS = {
+    "ti": ViTVariant(hidden_size=192, num_layers=12, num_heads=3, mlp_dim=768),
+    "s": ViTVariant(hidden_size=384, num_layers=12, num_heads=6, mlp_dim=1536),
+    "b": ViTVariant(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
+}
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _linear(d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(d_in, d_out, kernel_init=_INIT, rngs=rngs)
+
+
+def _layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # Two-pass variance, as torch computes it (the fast E[x²] - E[x]² loses digits).
+    return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with separate query / key / value / output projections.
+
+    Attributes:
+      query, key, value, out: `nnx.Linear` [D, D] with bias.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs):
+        """Builds the projections; `dim` must be divisible by `num_heads`."""
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads.")
+        self.num_heads = num_heads
+        self.query = _linear(dim, dim, rngs)
+        self.key = _linear(dim, dim, rngs)
+        self.value = _linear(dim, dim, rngs)
+        self.out = _linear(dim, dim, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, N, D] -> [B, N, D]."""
+        batch, tokens, dim = x.shape
+        shape = (batch, tokens, self.num_heads, dim // self.num_heads)
+        q = self.query(x).reshape(shape)
+        k = self.key(x).reshape(shape)
+        v = self.value(x).reshape(shape)
+        y = jax.nn.dot_product_attention(q, k, v)
+        return self.out(y.reshape(batch, tokens, dim))
+
+
+class Mlp(nnx.Module):
+    """fc1 -> exact GELU -> fc2.
+
+    Attributes:
+      fc1: `nnx.Linear` [D, mlp_dim].
+      fc2: `nnx.Linear` [mlp_dim, D].
+    """
+
+    def __init__(self, dim: int, mlp_dim: int, *, rngs: nnx.Rngs):
+        """Builds the two layers."""
+        self.fc1 = _linear(dim, mlp_dim, rngs)
+        self.fc2 = _linear(mlp_dim, dim, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, N, D] -> [B, N, D]."""
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class EncoderBlock(nnx.Module):
+    """Pre-LN transformer block: x + attn(norm1(x)), then + mlp(norm2(·)).
+
+    Attributes:
+      norm1: HF `layernorm_before`.
+      attn: `Attention`.
+      norm2: HF `layernorm_after`.
+      mlp: `Mlp`.
+    """
+
+    def __init__(self, variant: ViTVariant, *, layer_norm_eps: float, rngs: nnx.Rngs):
+        """Builds one block of `variant`'s width."""
+        dim = variant.hidden_size
+        self.norm1 = _layer_norm(dim, layer_norm_eps, rngs)
+        self.attn = Attention(dim, variant.num_heads, rngs=rngs)
+        self.norm2 = _layer_norm(dim, layer_norm_eps, rngs)
+        self.mlp = Mlp(dim, variant.mlp_dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, N, D] -> [B, N, D]."""
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nnx.Module):
+    """ViT image classifier (HF `ViTForImageClassification` computation).
+
+    Attributes:
+      patch_embed: `nnx.Conv` patch x patch, stride patch, 3 -> D.
+      cls_token: `nnx.Param` [1, 1, D].
+      pos_embed: `nnx.Param` [1, 1 + gh * gw, D], class token first, then patches row-major.
+      layers: `nnx.List` of `EncoderBlock`.
+      norm: final LayerNorm.
+      head: `nnx.Linear` [D, num_classes] on the class token.
+      grid: (gh, gw) patch grid, image size // patch size.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        variant: str | ViTVariant = "ti",
+        image_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        layer_norm_eps: float = 1e-12,
+        rngs: nnx.Rngs,
+    ):
+        """Builds a ViT with random weights (see `grouped_select.convert` to load some).
+
+        Args:
+          num_classes: classifier outputs.
+          variant: a key of `VIT_VARIANTS` ("ti", "s", "b") or a `ViTVariant`.
+          image_size: input height = width, or (height, width); multiples of `patch_size`.
+          patch_size: patch side.
+          layer_norm_eps: LayerNorm epsilon (HF default 1e-12).
+          rngs: initialisation keys.
+        """
+        if isinstance(variant, str):
+            variant = VIT_VARIANTS[variant]
+        height, width = _pair(image_size)
+        if height % patch_size or width % patch_size:
+            raise ValueError(f"image size {(height, width)} is not a multiple of {patch_size}.")
+        self.grid = (height // patch_size, width // patch_size)
+        dim = variant.hidden_size
+        self.patch_embed = nnx.Conv(
+            3,
+            dim,
+            (patch_size, patch_size),
+            strides=patch_size,
+            padding="VALID",
+            kernel_init=_INIT,
+            rngs=rngs,
+        )
+        self.cls_token = nnx.Param(_INIT(rngs.params(), (1, 1, dim)))
+        num_tokens = 1 + self.grid[0] * self.grid[1]
+        self.pos_embed = nnx.Param(_INIT(rngs.params(), (1, num_tokens, dim)))
+        self.layers = nnx.List(
+            [
+                EncoderBlock(variant, layer_norm_eps=layer_norm_eps, rngs=rngs)
+                for _ in range(variant.num_layers)
+            ]
+        )
+        self.norm = _layer_norm(dim, layer_norm_eps, rngs)
+        self.head = _linear(dim, num_classes, rngs)
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """Encodes images into tokens.
+
+        Args:
+          x: [B, H, W, 3] ImageNet-normalised images, (H, W) = the constructor's image size.
+
+        Returns:
+          [B, 1 + gh * gw, D] final-LayerNorm tokens, class token first.
+        """
+        patches = self.patch_embed(x)
+        batch, gh, gw, dim = patches.shape
+        if (gh, gw) != self.grid:
+            raise ValueError(
+                f"input {x.shape[1:3]} gives a {gh}x{gw} patch grid but the position "
+                f"embeddings are for {self.grid[0]}x{self.grid[1]}."
+            )
+        cls = jnp.broadcast_to(self.cls_token[...].astype(patches.dtype), (batch, 1, dim))
+        tokens = jnp.concatenate([cls, patches.reshape(batch, gh * gw, dim)], axis=1)
+        tokens = tokens + self.pos_embed[...]
+        for layer in self.layers:
+            tokens = layer(tokens)
+        return self.norm(tokens)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Classifies images.
+
+        Args:
+          x: [B, H, W, 3] ImageNet-normalised images.
+
+        Returns:
+          [B, num_classes] logits.
+        """
+        return self.head(self.features(x)[:, 0])
+
+
+def resize_position_embeddings(
+    pos_embed: ArrayLike,
+    new_grid: tuple[int, int],
+    *,
+    old_grid: tuple[int, int] | None = None,
+    method: str = "bilinear",
+) -> np.ndarray:
+    """Resizes learned position embeddings to another patch grid (another image size).
+
+    The class token's embedding is kept; the patch embeddings, seen as a [gh, gw, D] image,
+    are resized with half-pixel centres and no antialiasing (torch
+    `F.interpolate(mode="bilinear", align_corners=False)`). `method="bicubic"` is also
+    accepted; note jax's cubic kernel (a = -0.5) differs slightly from torch's (a = -0.75).
+
+    Args:
+      pos_embed: [1, 1 + gh * gw, D] embeddings, class token first, patches row-major.
+      new_grid: (gh', gw') target patch grid, e.g. (28, 28) for 448 px at patch 16.
+      old_grid: (gh, gw) source grid; inferred as square when None.
+      method: "bilinear" (default) or "bicubic".
+
+    Returns:
+      [1, 1 + gh' * gw', D] float32 numpy array.
+
+    Raises:
+      ValueError: the token count does not fit `old_grid` (or a square grid).
+    """
+    pos_embed = np.asarray(pos_embed, np.float32)
+    _, tokens, dim = pos_embed.shape
+    if old_grid is None:
+        side = math.isqrt(tokens - 1)
+        old_grid = (side, side)
+    if old_grid[0] * old_grid[1] != tokens - 1:
+        raise ValueError(
+            f"{tokens - 1} patch embeddings do not form a {old_grid[0]}x{old_grid[1]} grid."
+        )
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    grid = pos_embed[0, 1:].reshape(*old_grid, dim)
+    resized = jax.image.resize(grid, (*new_grid, dim), method, antialias=False)
+    resized = np.asarray(resized, np.float32).reshape(1, new_grid[0] * new_grid[1], dim)
+    return np.concatenate([pos_embed[:, :1], resized], axis=1)
