@@ -1,0 +1,177 @@
+"""Benchmark of the data side: SLIC preparation speed and input pipeline throughput.
+
+Measures, on this machine:
+  * render and SLIC time per image (one process) at 64^2 and 224^2;
+  * preparation of the built-in benchmark (render + SLIC + write, all cores), images/s;
+  * training pipeline throughput (decode + random resized crop + flip + colour jitter +
+    relabel + normalise + batch), images/s, for several grain worker counts;
+  * evaluation pipeline throughput.
+
+Usage:
+  python benchmarks/data_pipeline.py [--out benchmarks/out/data_pipeline.json]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+from grouped_select import data
+from grouped_select.data import superpixels, synthetic
+
+
+def _time_per_item(fn, n: int) -> float:
+    start = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    return (time.perf_counter() - start) / n
+
+
+def _slic_speed(image_size: int, n: int) -> dict:
+    images = []
+
+    def render(i):
+        drawn = synthetic.render_example(
+            synthetic.example_rng(0, 0, i), label=i % 8, background=i % 8, image_size=image_size
+        )
+        images.append(drawn["image"])
+
+    render_s = _time_per_item(render, n)
+    counts = []
+
+    def slic(i):
+        counts.append(int(superpixels.slic_regions(images[i]).max()) + 1)
+
+    slic_s = _time_per_item(slic, n)
+    return {
+        "image_size": image_size,
+        "images": n,
+        "render_ms_per_image": 1e3 * render_s,
+        "slic_ms_per_image": 1e3 * slic_s,
+        "slic_images_per_s_one_core": 1.0 / slic_s,
+        "mean_regions": float(np.mean(counts)),
+        "max_regions": int(np.max(counts)),
+    }
+
+
+def _throughput(iterator, batch_size: int, batches: int, warmup: int) -> float:
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def _pipeline_speed(builder, image_size, batch_size, batches, worker_counts) -> list[dict]:
+    sources = builder.as_data_source()
+    rows = []
+    for workers in worker_counts:
+        it = data.train_iterator(
+            sources["train"],
+            global_batch_size=batch_size,
+            image_size=image_size,
+            num_regions=data.DEFAULT_NUM_REGIONS,
+            seed=0,
+            worker_count=workers,
+        )
+        ips = _throughput(it, batch_size, batches, warmup=3)
+        if hasattr(it, "close"):
+            it.close()
+        rows.append({"pipeline": "train", "worker_count": workers, "images_per_s": ips})
+        print(f"  train {image_size}px, {workers} workers: {ips:8.1f} images/s", flush=True)
+    it = data.eval_iterator(
+        sources["test"],
+        global_batch_size=batch_size,
+        image_size=image_size,
+        num_regions=data.DEFAULT_NUM_REGIONS,
+    )
+    n = min(batches, len(sources["test"]) // batch_size - 1)
+    ips = _throughput(it, batch_size, n, warmup=1)
+    rows.append({"pipeline": "eval", "worker_count": 0, "images_per_s": ips})
+    print(f"  eval  {image_size}px, 0 workers: {ips:8.1f} images/s", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="benchmarks/out/data_pipeline.json")
+    parser.add_argument("--data-dir", default=None, help="tfds data_dir (default: a temp dir)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--worker-counts", default="0,2")
+    parser.add_argument("--slic-images", type=int, default=50)
+    parser.add_argument("--num-train-224", type=int, default=512)
+    args = parser.parse_args()
+    workers = [int(w) for w in args.worker_counts.split(",")]
+
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu_cores_usable": superpixels.default_num_workers(),
+        },
+        "slic": [],
+        "prepare": [],
+        "pipeline": [],
+    }
+    print("SLIC and rendering, one process:")
+    for size in (64, 224):
+        row = _slic_speed(size, args.slic_images)
+        result["slic"].append(row)
+        print(
+            f"  {size}px: render {row['render_ms_per_image']:.1f} ms, SLIC "
+            f"{row['slic_ms_per_image']:.1f} ms/image, {row['mean_regions']:.0f} regions (mean)"
+        )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = args.data_dir or tmp
+        plans = [
+            dict(image_size=64),
+            dict(
+                image_size=224,
+                num_train=args.num_train_224,
+                num_validation=0,
+                num_test=4 * args.batch_size,
+            ),
+        ]
+        for plan in plans:
+            config = data.shapes_config(**plan)
+            fresh = not (pathlib.Path(data_dir) / "p2p_shapes" / config.name).exists()
+            start = time.perf_counter()
+            builder = data.prepare_shapes(data_dir, **plan)
+            seconds = time.perf_counter() - start
+            total = sum(len(s) for s in builder.as_data_source().values())
+            row = {
+                "config": config.name,
+                "examples": total,
+                "seconds": seconds,
+                "fresh": fresh,
+                "images_per_s": total / seconds if fresh else None,
+                "workers": superpixels.default_num_workers(),
+            }
+            result["prepare"].append(row)
+            print(
+                f"prepare {config.name}: {total} examples in {seconds:.1f} s"
+                + (f" ({total / seconds:.0f} images/s)" if fresh else " (reused)"),
+                flush=True,
+            )
+            for r in _pipeline_speed(
+                builder, plan["image_size"], args.batch_size, args.batches, workers
+            ):
+                result["pipeline"].append({"image_size": plan["image_size"], **r})
+
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    main()

@@ -1,0 +1,303 @@
+"""grain input pipeline: per-process shards, shuffling, augmentation, batching, prefetching.
+
+Sources are random-access sequences of examples as stored by the builders in `builders.py`
+(what `tfds.data_source` / `builder.as_data_source()` return): dicts with "image" [H, W, 3]
+uint8, "region_ids" [H, W], "mask" [H, W], "label" and "has_mask".
+
+Every batch is a dict of per-process numpy arrays (B = global_batch_size / process_count):
+  image       float32 [B, S, S, 3]  ImageNet-normalised
+  region_ids  int32   [B, S, S]     in [0, num_regions), consecutive per image
+  mask        uint8   [B, S, S]     ground-truth object mask (zeros where has_mask is False)
+  label       int32   [B]
+  has_mask    bool    [B]           whether the example has a ground-truth mask
+  valid       bool    [B]           False for padding in the last evaluation batches
+
+`make_global_batch` turns it into jax.Arrays sharded over a mesh's "data" axis. Iterators are
+grain `DatasetIterator`s: `it.get_state()` / `it.set_state(state)` save and restore the
+position (orbax: `grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)`).
+"""
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from absl import flags
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from grouped_select.data.augment import eval_transform, normalize, train_augment
+
+BATCH_KEYS = ("image", "region_ids", "mask", "label", "has_mask", "valid")
+
+
+def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+    index = jax.process_index() if shard_index is None else shard_index
+    count = jax.process_count() if shard_count is None else shard_count
+    if not 0 <= index < count:
+        raise ValueError(f"shard_index {index} must be in [0, shard_count={count}).")
+    return index, count
+
+
+def _local_batch_size(global_batch_size: int, shard_count: int) -> int:
+    if global_batch_size % shard_count:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} must be divisible by the number of "
+            f"processes {shard_count}."
+        )
+    return global_batch_size // shard_count
+
+
+def _output(example: Mapping[str, Any], view: Mapping[str, np.ndarray], valid: bool) -> dict:
+    has_mask = bool(example.get("has_mask", True))
+    mask = view["mask"] if has_mask else np.zeros_like(view["mask"])
+    return {
+        "image": normalize(view["image"]),
+        "region_ids": view["region_ids"].astype(np.int32),
+        "mask": mask.astype(np.uint8),
+        "label": np.int32(example["label"]),
+        "has_mask": np.bool_(has_mask),
+        "valid": np.bool_(valid),
+    }
+
+
+def _train_map(
+    example: Mapping[str, Any], rng: np.random.Generator, **augment_kwargs: Any
+) -> dict[str, np.ndarray]:
+    view = train_augment(
+        np.asarray(example["image"]),
+        np.asarray(example["region_ids"]),
+        np.asarray(example["mask"]),
+        rng,
+        **augment_kwargs,
+    )
+    return _output(example, view, True)
+
+
+def _eval_map(item: tuple[Mapping[str, Any], bool], **transform_kwargs: Any) -> dict:
+    example, valid = item
+    view = eval_transform(
+        np.asarray(example["image"]),
+        np.asarray(example["region_ids"]),
+        np.asarray(example["mask"]),
+        **transform_kwargs,
+    )
+    return _output(example, view, valid)
+
+
+class _PaddedShard(Sequence):
+    """Random-access view of one process's shard, padded to `length` with invalid copies.
+
+    Every process sees the same number of evaluation batches (multi-host collectives need it);
+    padding repeats the shard's first example with valid=False.
+    """
+
+    def __init__(self, source: Sequence, shard_index: int, shard_count: int, length: int):
+        self._source = source
+        self._indices = range(shard_index, len(source), shard_count)
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, i: int) -> tuple[Mapping[str, Any], bool]:
+        if i < len(self._indices):
+            return self._source[self._indices[i]], True
+        return self._source[self._indices[0] if len(self._indices) else 0], False
+
+
+def _to_iterator(
+    ds: grain.MapDataset, *, read_threads: int, prefetch: int, worker_count: int
+) -> grain.DatasetIterator:
+    it_ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
+    )
+    if worker_count > 0:
+        # grain 0.2.18 reads an absl flag when starting workers and fails if flags were never
+        # parsed (plain scripts, notebooks, pytest; google/grain#1355). Programs that parse
+        # flags (absl.app.run) are unaffected.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return iter(it_ds)
+
+
+def train_dataset(
+    source: Sequence,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    num_regions: int,
+    seed: int = 0,
+    num_epochs: int | None = None,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: bool = True,
+    jitter: tuple[float, float, float, float] | None = (0.4, 0.4, 0.4, 0.2),
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+) -> grain.MapDataset:
+    """The training `grain.MapDataset` of batches (see `train_iterator` for the arguments)."""
+    index, count = _shard(shard_index, shard_count)
+    batch = _local_batch_size(global_batch_size, count)
+    ds = grain.MapDataset.source(source).slice(slice(index, None, count))
+    if len(ds) < batch:
+        raise ValueError(
+            f"this process's shard has {len(ds)} examples, fewer than one batch of {batch}."
+        )
+    # Shuffle before repeat: each epoch gets its own order (grain mixes the epoch into the seed).
+    ds = ds.shuffle(seed=seed).repeat(num_epochs)
+    augment = functools.partial(
+        _train_map,
+        image_size=image_size,
+        num_regions=num_regions,
+        crop_scale=crop_scale,
+        crop_ratio=crop_ratio,
+        hflip=hflip,
+        jitter=jitter,
+    )
+    ds = ds.random_map(augment, seed=seed + 1)
+    return ds.batch(batch, drop_remainder=True)
+
+
+def train_iterator(
+    source: Sequence,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    num_regions: int,
+    seed: int = 0,
+    num_epochs: int | None = None,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: bool = True,
+    jitter: tuple[float, float, float, float] | None = (0.4, 0.4, 0.4, 0.2),
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    worker_count: int = 0,
+    read_threads: int = 2,
+    prefetch: int = 256,
+) -> grain.DatasetIterator:
+    """Shuffled, augmented, batched training batches for this process.
+
+    Args:
+      source: random-access examples (e.g. `builder.as_data_source()["train"]`).
+      global_batch_size: batch over all processes; each process yields
+        global_batch_size / process_count examples per batch.
+      image_size: S, output side.
+      num_regions: K, static bound on region ids.
+      seed: shuffling and augmentation seed (same on every process).
+      num_epochs: None repeats forever; an int stops after that many passes (the last
+        incomplete batch of the stream is dropped).
+      crop_scale, crop_ratio: random resized crop ranges (torchvision defaults).
+      hflip: random horizontal flips.
+      jitter: colour jitter (brightness, contrast, saturation, hue) or None.
+      shard_index, shard_count: this process's shard; default jax.process_index() / count().
+      worker_count: grain worker processes (0: threads in this process).
+      read_threads: threads per process reading and transforming elements.
+      prefetch: elements buffered per process.
+
+    Returns:
+      A grain `DatasetIterator` of batch dicts (module docstring), with get_state/set_state.
+    """
+    ds = train_dataset(
+        source,
+        global_batch_size=global_batch_size,
+        image_size=image_size,
+        num_regions=num_regions,
+        seed=seed,
+        num_epochs=num_epochs,
+        crop_scale=crop_scale,
+        crop_ratio=crop_ratio,
+        hflip=hflip,
+        jitter=jitter,
+        shard_index=shard_index,
+        shard_count=shard_count,
+    )
+    return _to_iterator(ds, read_threads=read_threads, prefetch=prefetch, worker_count=worker_count)
+
+
+def eval_dataset(
+    source: Sequence,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    num_regions: int,
+    crop_fraction: float = 0.875,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+) -> grain.MapDataset:
+    """The evaluation `grain.MapDataset` of batches (see `eval_iterator` for the arguments)."""
+    index, count = _shard(shard_index, shard_count)
+    batch = _local_batch_size(global_batch_size, count)
+    per_shard = math.ceil(len(source) / count)
+    length = math.ceil(per_shard / batch) * batch
+    ds = grain.MapDataset.source(_PaddedShard(source, index, count, length))
+    transform = functools.partial(
+        _eval_map, image_size=image_size, num_regions=num_regions, crop_fraction=crop_fraction
+    )
+    return ds.map(transform).batch(batch, drop_remainder=True)
+
+
+def eval_iterator(
+    source: Sequence,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    num_regions: int,
+    crop_fraction: float = 0.875,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    worker_count: int = 0,
+    read_threads: int = 2,
+    prefetch: int = 256,
+) -> grain.DatasetIterator:
+    """One pass over `source` in order, every example exactly once over all processes.
+
+    Every process yields the same number of full batches; examples that pad the last
+    batches have valid=False and must be excluded from metrics.
+
+    Args:
+      source: random-access examples (e.g. `builder.as_data_source()["test"]`).
+      global_batch_size: batch over all processes.
+      image_size: S.
+      num_regions: K.
+      crop_fraction: resize shorter side to S / crop_fraction, then centre crop S (0.875:
+        ImageNet's 256 -> 224; 1.0 for test sets already cut to size).
+      shard_index, shard_count: default jax.process_index() / process_count().
+      worker_count, read_threads, prefetch: see `train_iterator`.
+
+    Returns:
+      A grain `DatasetIterator` of batch dicts (module docstring).
+    """
+    ds = eval_dataset(
+        source,
+        global_batch_size=global_batch_size,
+        image_size=image_size,
+        num_regions=num_regions,
+        crop_fraction=crop_fraction,
+        shard_index=shard_index,
+        shard_count=shard_count,
+    )
+    return _to_iterator(ds, read_threads=read_threads, prefetch=prefetch, worker_count=worker_count)
+
+
+def make_global_batch(
+    batch: Mapping[str, np.ndarray], mesh: Mesh, axis: str = "data"
+) -> dict[str, jax.Array]:
+    """Per-process numpy batch -> global jax.Arrays sharded along their first axis.
+
+    Args:
+      batch: dict of [B_local, ...] arrays, as yielded by the iterators here.
+      mesh: device mesh with an axis named `axis`.
+      axis: mesh axis the batch dimension is split over.
+
+    Returns:
+      dict of jax.Arrays of shape [B_local * process_count, ...], sharded P(axis).
+    """
+    sharding = NamedSharding(mesh, PartitionSpec(axis))
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+    }

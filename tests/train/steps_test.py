@@ -1,0 +1,106 @@
+"""The jitted training step: sharded over 8 devices it equals the one-device step."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from train import models, steps, train
+
+BATCH, SIZE, NUM_REGIONS, NUM_CLASSES = 8, 32, 32, 4
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    tiles = rng.integers(0, NUM_REGIONS, size=(BATCH, SIZE // 4, SIZE // 4))
+    return {
+        "image": rng.normal(size=(BATCH, SIZE, SIZE, 3)).astype(np.float32),
+        "region_ids": np.repeat(np.repeat(tiles, 4, 1), 4, 2).astype(np.int32),
+        "label": rng.integers(0, NUM_CLASSES, size=(BATCH,)).astype(np.int32),
+        "mask": (rng.uniform(size=(BATCH, SIZE, SIZE)) > 0.5).astype(np.uint8),
+        "has_mask": np.ones((BATCH,), bool),
+        "valid": np.array([True] * (BATCH - 1) + [False]),
+    }
+
+
+def _setup(tiny_config, optimizer=None):
+    tiny_config.data.num_regions = NUM_REGIONS
+    model = models.create_model(tiny_config, NUM_CLASSES, seed=0)
+    optimizer = optimizer or train.create_optimizer(tiny_config)
+    graphdef, state = train.initial_state(model, optimizer, seed=0)
+    settings = train.step_settings(tiny_config, steps_per_epoch=4)
+    return model, graphdef, state, optimizer, settings
+
+
+def _run_steps(devices, graphdef, state, optimizer, settings, num_steps=2):
+    mesh = jax.make_mesh(
+        (len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
+    replicated = NamedSharding(mesh, PartitionSpec())
+    fn = jax.jit(
+        functools.partial(
+            steps.train_step, graphdef=graphdef, optimizer=optimizer, settings=settings
+        ),
+        out_shardings=(replicated, replicated),
+    )
+    state = jax.device_put(state, replicated)
+    for i in range(num_steps):
+        batch = jax.device_put(_batch(i), NamedSharding(mesh, PartitionSpec("data")))
+        state, metrics = fn(state, batch)
+    return jax.device_get(state), jax.device_get(metrics)
+
+
+def test_eight_devices_give_the_same_parameters_as_one(tiny_config):
+    """Data-parallel sharding must not change the step (float32, tolerance 1e-5).
+
+    Plain SGD with learning rate 1 makes the parameter change equal to the gradient, so this
+    compares gradients. (Adam divides by sqrt(v) + 1e-8: for a parameter whose gradient is
+    ~1e-8, the 1e-13 differences of another reduction order become 1e-5 changes.)
+    """
+    assert jax.device_count() == 8, "tests/conftest.py fakes 8 CPU devices"
+    _, graphdef, state, optimizer, settings = _setup(tiny_config, optax.sgd(1.0))
+    one, metrics_one = _run_steps(jax.devices()[:1], graphdef, state, optimizer, settings, 1)
+    eight, metrics_eight = _run_steps(jax.devices(), graphdef, state, optimizer, settings, 1)
+    assert int(one.step) == int(eight.step) == 1
+    chex.assert_trees_all_close(one.params, eight.params, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(one.rest, eight.rest, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(metrics_one["loss"], metrics_eight["loss"], rtol=1e-5)
+    # The parameters did move.
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), one.params, state.params)
+    assert max(jax.tree.leaves(moved)) > 1e-5
+
+
+def test_step_metrics_and_schedules(tiny_config):
+    _, graphdef, state, optimizer, settings = _setup(tiny_config)
+    final, metrics = _run_steps(jax.devices()[:1], graphdef, state, optimizer, settings, 1)
+    for key in ("loss", "cross_entropy", "sparsity_loss", "covariance_loss", "kept_fraction"):
+        assert np.isfinite(metrics[key]), key
+    np.testing.assert_allclose(
+        metrics["loss"],
+        metrics["cross_entropy"] + metrics["sparsity_loss"] + metrics["covariance_loss"],
+        rtol=1e-5,
+    )
+    temperature, weight = steps.schedules(jnp.int32(0), settings)
+    np.testing.assert_allclose(metrics["temperature"], temperature)
+    np.testing.assert_allclose(metrics["sparsity_weight"], weight)
+
+
+def test_eval_step_excludes_padding_and_reports_every_certainty(tiny_config):
+    model, graphdef, state, _, settings = _setup(tiny_config)
+    eval_def = train.eval_graphdef(model)
+    batch = _batch(3)
+    sums = jax.jit(functools.partial(steps.eval_step, graphdef=eval_def, settings=settings))(
+        state.params, state.rest, batch
+    )
+    sums = {k: float(v) for k, v in jax.device_get(sums).items()}
+    for certainty in settings.certainties:
+        assert sums[f"certainty_{certainty}/count"] == BATCH - 1  # the padded example is out
+        assert 0.05 * (BATCH - 1) - 1e-4 <= sums[f"certainty_{certainty}/budget"] <= BATCH - 1
+    summary = steps.summarize(sums)
+    assert 0.0 <= summary["budget_1.0/accuracy"] <= 1.0
+    assert "certainty_0.9/mask_precision" in summary

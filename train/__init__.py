@@ -1,0 +1,1 @@
+"""The P2P training program: configs, training loop, evaluation, checkpointing."""

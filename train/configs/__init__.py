@@ -1,0 +1,1 @@
+"""Training configurations (ml_collections): `default` plus one per paper dataset."""

@@ -1,0 +1,95 @@
+"""Default configuration: P2P on the built-in benchmark with CPU-sized backbones.
+
+Every key the program reads is listed here with its default; the paper configs start from
+this one and override. Override any key from the command line, e.g.
+`python train/main.py --config.optim.num_epochs=3 --config.p2p.dynamic_budget=False`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the default configuration (locked by `config_flags`)."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # Data. `name`: "builtin" (generated offline), "folders" (the user's files in a published
+    # layout: `layout`, `root`) or "tfds" (a prepared tensorflow-datasets dataset: `tfds_name`,
+    # `root` = its data_dir, "" for tfds' default).
+    data = config.data = ml_collections.ConfigDict()
+    data.name = "builtin"
+    data.data_dir = ""  # prepared datasets ("": $P2P_DATA_DIR or ~/.cache/grouped_select)
+    data.root = ""
+    data.layout = ""  # folders: imagenet, imagenet9, bam, coco10, generic
+    data.tfds_name = ""  # tfds: e.g. "cifar10", "imagenette", "oxford_iiit_pet"
+    data.train_split = "train"
+    data.eval_split = "test"
+    data.num_classes = 0  # 0: from the dataset
+    data.image_size = 64  # what the networks see
+    data.num_regions = 128  # static region bound K (SLIC returns about slic_segments regions)
+    data.slic_segments = 100
+    data.slic_compactness = 20.0
+    data.crop_scale = (0.35, 1.0)  # random resized crop area range
+    data.hflip = True
+    data.color_jitter = (0.4, 0.4, 0.4, 0.2)  # brightness, contrast, saturation, hue; () off
+    data.eval_crop_fraction = 1.0  # resize to image_size / f, centre crop (0.875: ImageNet)
+    data.worker_count = 0  # grain worker processes (0: threads in this process)
+    data.read_threads = 2
+    # The built-in benchmark (`grouped_select.data.synthetic`): train images put each class on
+    # its own background family with probability `background_correlation`; test never does.
+    builtin = data.builtin = ml_collections.ConfigDict()
+    builtin.source_size = 64  # generated image side (224 for paper-like runs)
+    builtin.num_train = 5000
+    builtin.num_validation = 500
+    builtin.num_test = 1000
+    builtin.background_correlation = 0.8
+    builtin.seed = 0
+
+    # Networks. selector: "small" or "lraspp_mobilenet_v3_large"; classifier: "small_vit",
+    # "vit_ti", "vit_s", "vit_b", "resnet18", "resnet34".
+    model = config.model = ml_collections.ConfigDict()
+    model.selector = "small"
+    model.classifier = "small_vit"
+    model.num_outputs = 4  # 1 keep-logit + 3 embedding dims
+    model.patch_size = 8  # ViT classifiers
+    model.pool_method = "auto"  # "segment_sum", "one_hot" or "auto"
+
+    # The P2P method.
+    p2p = config.p2p = ml_collections.ConfigDict()
+    p2p.dynamic_budget = True  # False: the fixed-budget variant (τ = fixed_budget)
+    p2p.fixed_budget = 0.2
+    p2p.min_budget = 0.05  # training samples τ ~ U(min_budget, 1)
+    p2p.sparsity = "kl"  # "kl" or "l1"
+    p2p.sparsity_weight = 10.0  # λ₁
+    p2p.anneal_sparsity = True
+    p2p.covariance_weight = 0.01  # λ₂
+    p2p.final_temperature = 0.5
+    p2p.num_samples = 1  # Monte-Carlo masks per image
+    p2p.straight_through = False
+    p2p.jitter = 1e-6
+    p2p.certainties = (0.8, 0.9, 0.95, 0.99)  # δ values evaluated with the dynamic budget
+    p2p.budget_step = 0.05
+
+    # Optimisation.
+    optim = config.optim = ml_collections.ConfigDict()
+    optim.learning_rate = 1e-3
+    optim.batch_size = 64  # global, over all processes
+    optim.num_epochs = 30
+    optim.steps_per_epoch = 0  # 0: dataset size // batch_size
+    optim.weight_decay = 0.0
+    optim.grad_clip_norm = 0.0  # 0: no clipping
+
+    config.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
+    config.eval_every_epochs = 10
+    config.eval_batch_size = 128
+    config.log_every_steps = 20
+    config.checkpoint_every_steps = 200
+    config.keep_checkpoints = 3
+    # Start: the workdir's latest checkpoint, else `resume` (a run's checkpoint folder), else
+    # `model_init` (converted weights, `python -m grouped_select.convert`), else random.
+    config.resume = ""
+    config.model_init = ""
+    config.replace_classifier_head = True  # model_init: new head if the class count differs
+    config.max_steps = 0  # >0: stop after this many steps (smoke tests)
+    config.progress_bar = True
+    return config

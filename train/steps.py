@@ -1,0 +1,251 @@
+"""The jitted training and evaluation steps, as functions of pytrees.
+
+The model is split once into a static graph definition and pytrees (`params`: the trainable
+`nnx.Param`s; `rest`: everything else, e.g. BatchNorm statistics). Steps merge them back
+inside the traced function (gemma's `jax_train_step` pattern), so they compile once and work
+with plain `jax.jit` + shardings.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from grouped_select import budget as budget_lib
+from grouped_select import metrics, objective, regions, selection
+from grouped_select.precision import cast_floating
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a training step reads and writes (a pytree; saved in checkpoints).
+
+    Attributes:
+      step: int32 scalar, the number of steps taken.
+      params: trainable parameters (`nnx.State` of `nnx.Param`).
+      rest: other model state (BatchNorm statistics).
+      opt_state: optax state.
+      rng: uint32 key data; the step's key is `fold_in(key, step)`, so resumed runs draw the
+        same randomness.
+    """
+
+    step: jax.Array
+    params: Any
+    rest: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """Static hyperparameters of the steps (taken from the config by the training loop)."""
+
+    num_regions: int
+    num_epochs: int
+    steps_per_epoch: int
+    dynamic_budget: bool = True
+    fixed_budget: float = 0.2
+    min_budget: float = 0.05
+    sparsity: str = "kl"
+    sparsity_weight: float = 10.0
+    anneal_sparsity: bool = True
+    covariance_weight: float = 0.01
+    final_temperature: float = 0.5
+    num_samples: int = 1
+    straight_through: bool = False
+    jitter: float = 1e-6
+    compute_dtype: Any = jnp.float32
+    certainties: tuple[float, ...] = (0.8, 0.9, 0.95, 0.99)
+    budget_step: float = 0.05
+
+
+def schedules(step: jax.Array, s: StepSettings) -> tuple[jax.Array, jax.Array]:
+    """(temperature, λ₁) for a step: per-epoch schedules, epoch = step // steps_per_epoch."""
+    epoch = step // s.steps_per_epoch
+    temperature = objective.temperature(epoch, s.num_epochs, s.final_temperature)
+    if s.anneal_sparsity:
+        weight = objective.sparsity_weight_for_epoch(epoch, s.num_epochs, s.sparsity_weight)
+    else:
+        weight = jnp.float32(s.sparsity_weight)
+    return temperature, weight
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    settings: StepSettings,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimisation step on a (sharded) global batch.
+
+    Args:
+      state: the `TrainState`.
+      batch: "image" [B, H, W, 3] float32, "region_ids" [B, H, W] int32, "label" [B] int32.
+      graphdef: the model's graph definition (training mode).
+      optimizer: the optax transformation.
+      settings: static hyperparameters.
+
+    Returns:
+      (new state, scalar metrics).
+    """
+    s = settings
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    key_budget, key_model = jax.random.split(key)
+    temperature, sparsity_weight = schedules(state.step, s)
+    images, ids, labels = batch["image"], batch["region_ids"], batch["label"]
+    if s.dynamic_budget:
+        budget = jax.random.uniform(key_budget, labels.shape, jnp.float32, s.min_budget, 1.0)
+        loss_budget = budget
+    else:
+        budget, loss_budget = None, jnp.float32(s.fixed_budget)
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, cast_floating(params, s.compute_dtype), state.rest)
+        out = model.train_forward(
+            images.astype(s.compute_dtype),
+            ids,
+            key_model,
+            num_regions=s.num_regions,
+            budget=budget,
+            temperature=temperature,
+            num_samples=s.num_samples,
+            straight_through=s.straight_through,
+            jitter=s.jitter,
+        )
+        covariance = selection.region_covariance(out.scores.embeddings, s.jitter)
+        losses = objective.p2p_losses(
+            out.log_probs,
+            labels,
+            out.scores.kept_fraction,
+            loss_budget,
+            covariance,
+            sparsity_weight=sparsity_weight,
+            covariance_weight=s.covariance_weight,
+            variant=s.sparsity,
+        )
+        _, _, rest = nnx.split(model, nnx.Param, ...)
+        return losses.total, (losses, out, rest)
+
+    grads, (losses, out, rest) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    hard_kept = regions.kept_fraction(
+        (out.region_masks > 0.5).astype(jnp.float32).mean(0), out.scores.sizes
+    )
+    step_metrics = {
+        "loss": losses.total,
+        "cross_entropy": losses.cross_entropy,
+        "sparsity_loss": losses.sparsity,
+        "covariance_loss": losses.covariance,
+        "accuracy": metrics.correct(out.log_probs, labels).mean(),
+        "kept_fraction": losses.kept_fraction.mean(),
+        "sampled_kept_fraction": hard_kept.mean(),
+        "temperature": temperature,
+        "sparsity_weight": sparsity_weight,
+        "grad_norm": optax.tree.norm(grads),
+    }
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        rest=_keep_dtypes(rest, state.rest),
+        opt_state=opt_state,
+    )
+    return new_state, step_metrics
+
+
+def _keep_dtypes(new, old):
+    # BatchNorm statistics updated from bfloat16 activations stay in their stored dtype.
+    return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
+
+
+def _per_image(outputs, batch: dict[str, jax.Array], weight: jax.Array) -> dict[str, jax.Array]:
+    """Sums over the batch of per-image metrics of `EvalOutputs`, padding excluded."""
+    pixel_mask = regions.broadcast_to_pixels(outputs.selected, batch["region_ids"])
+    overlap = metrics.mask_overlap(pixel_mask, batch["mask"])
+    has_mask = batch["has_mask"].astype(jnp.float32) * weight
+    return {
+        "correct": jnp.sum(metrics.correct(outputs.log_probs, batch["label"]) * weight),
+        "kept_pixels": jnp.sum(outputs.kept_pixels * weight),
+        "kept_fraction": jnp.sum(outputs.scores.kept_fraction * weight),
+        "mask_precision": jnp.sum(overlap["precision"] * has_mask),
+        "mask_iou": jnp.sum(overlap["iou"] * has_mask),
+        "count": jnp.sum(weight),
+        "mask_count": jnp.sum(has_mask),
+    }
+
+
+def eval_step(
+    params: Any,
+    rest: Any,
+    batch: dict[str, jax.Array],
+    *,
+    graphdef: nnx.GraphDef,
+    settings: StepSettings,
+) -> dict[str, jax.Array]:
+    """Metric sums on one evaluation batch.
+
+    Dynamic-budget models are evaluated at every certainty δ (one classifier sweep over the
+    budget grid serves them all) and at τ = 1; fixed-budget models with their hard mask.
+
+    Args:
+      params, rest: model state (evaluation-mode `graphdef`).
+      batch: as in `train_step`, plus "mask" [B, H, W], "has_mask" [B] and "valid" [B].
+      graphdef: the model's graph definition in evaluation mode.
+      settings: static hyperparameters.
+
+    Returns:
+      Flat dict "<name>/<metric>" -> scalar sums; divide by ".../count" to average.
+    """
+    s = settings
+    model = nnx.merge(graphdef, cast_floating(params, s.compute_dtype), rest)
+    images = batch["image"].astype(s.compute_dtype)
+    weight = batch["valid"].astype(jnp.float32)
+    out: dict[str, jax.Array] = {}
+    if not s.dynamic_budget:
+        result = model.eval_forward(images, batch["region_ids"], num_regions=s.num_regions)
+        out.update(_prefixed("fixed", _per_image(result, batch, weight)))
+        return out
+    full = model.eval_forward(images, batch["region_ids"], num_regions=s.num_regions, budget=1.0)
+    out.update(_prefixed("budget_1.0", _per_image(full, batch, weight)))
+    searches = budget_lib.dynamic_budget_searches(
+        model,
+        images,
+        batch["region_ids"],
+        s.certainties,
+        num_regions=s.num_regions,
+        step=s.budget_step,
+    )
+    for certainty, search in zip(s.certainties, searches, strict=True):
+        sums = _per_image(search.outputs, batch, weight)
+        sums["budget"] = jnp.sum(search.budget * weight)
+        out.update(_prefixed(f"certainty_{certainty}", sums))
+    return out
+
+
+def _prefixed(prefix: str, values: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return {f"{prefix}/{k}": v for k, v in values.items()}
+
+
+def summarize(sums: dict[str, float], names: Sequence[str] | None = None) -> dict[str, float]:
+    """Turns accumulated metric sums into means ("x/correct" -> "x/accuracy", ...)."""
+    groups = sorted({k.split("/")[0] for k in sums} if names is None else names)
+    result = {}
+    for group in groups:
+        count = max(sums[f"{group}/count"], 1.0)
+        mask_count = max(sums[f"{group}/mask_count"], 1.0)
+        result[f"{group}/accuracy"] = sums[f"{group}/correct"] / count
+        result[f"{group}/kept_pixels"] = sums[f"{group}/kept_pixels"] / count
+        result[f"{group}/kept_fraction"] = sums[f"{group}/kept_fraction"] / count
+        if sums[f"{group}/mask_count"] > 0:
+            result[f"{group}/mask_precision"] = sums[f"{group}/mask_precision"] / mask_count
+            result[f"{group}/mask_iou"] = sums[f"{group}/mask_iou"] / mask_count
+        if f"{group}/budget" in sums:
+            result[f"{group}/budget"] = sums[f"{group}/budget"] / count
+        result[f"{group}/count"] = sums[f"{group}/count"]
+    return result
