@@ -1,8 +1,12 @@
-"""A compact CNN selector backbone for laptop-CPU runs.
+"""CPU-sized networks for laptop runs: a selector backbone and two classifiers.
 
-Same two-map interface as LR-ASPP MobileNetV3: `low` features at stride 8, and `high`
-features computed at stride 16, gated by a sigmoid of their global average (LR-ASPP's
-"scale" branch) and bilinearly upsampled to stride 8. About 34k parameters at the defaults.
+`SmallSelectorBackbone` has the same two-map interface as LR-ASPP MobileNetV3: `low`
+features at stride 8, and `high` features computed at stride 16, gated by a sigmoid of their
+global average (LR-ASPP's "scale" branch) and bilinearly upsampled to stride 8. About 34k
+parameters at the defaults.
+
+Classifiers: `SmallCNNClassifier` (GroupNorm CNN; learns shapes in a few epochs on a CPU) and
+`small_vit_classifier` (a 3-layer ViT in the layout of the paper's ViTs).
 """
 
 import jax
@@ -88,3 +92,77 @@ def small_vit_classifier(
     return ViT(
         num_classes, variant=SMALL_VIT, image_size=image_size, patch_size=patch_size, rngs=rngs
     )
+
+
+class ConvNormAct(nnx.Module):
+    """3x3 conv (no bias) -> GroupNorm -> ReLU.
+
+    GroupNorm, not BatchNorm: statistics are per image, so training (sampled soft masks) and
+    evaluation (hard masks, one image's budget search) normalise alike.
+
+    Attributes:
+      conv: `nnx.Conv` 3x3.
+      norm: `nnx.GroupNorm`.
+    """
+
+    def __init__(self, c_in: int, c_out: int, *, stride: int, groups: int, rngs: nnx.Rngs):
+        """Builds the layer; `c_out` must be divisible by `groups`."""
+        self.conv = nnx.Conv(
+            c_in, c_out, (3, 3), strides=stride, padding=1, use_bias=False, rngs=rngs
+        )
+        self.norm = nnx.GroupNorm(c_out, num_groups=groups, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, H, W, C_in] -> [B, H / stride, W / stride, C_out]."""
+        return nnx.relu(self.norm(self.conv(x)))
+
+
+class SmallCNNClassifier(nnx.Module):
+    """Stages of (3x3 stride-2 conv, 3x3 conv), each GroupNorm + ReLU, global average pool,
+    linear head. About 290k parameters at the defaults.
+
+    `__call__(x [B, H, W, 3]) -> [B, num_classes]` logits; any H, W.
+
+    Attributes:
+      stages: `nnx.List` of `ConvNormAct`, two per stage.
+      head: `nnx.Linear` [widths[-1], num_classes].
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        widths: tuple[int, ...] = (32, 64, 128),
+        groups: int = 8,
+        rngs: nnx.Rngs,
+    ):
+        """Builds the network.
+
+        Args:
+          num_classes: classifier outputs.
+          widths: output channels of each stage (one stage per entry, each halves H and W).
+          groups: GroupNorm groups (divides every width).
+          rngs: initialisation keys.
+        """
+        layers = []
+        c_in = 3
+        for width in widths:
+            layers.append(ConvNormAct(c_in, width, stride=2, groups=groups, rngs=rngs))
+            layers.append(ConvNormAct(width, width, stride=1, groups=groups, rngs=rngs))
+            c_in = width
+        self.stages = nnx.List(layers)
+        self.head = nnx.Linear(c_in, num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits of a batch of normalised images.
+
+        Args:
+          x: [B, H, W, 3].
+
+        Returns:
+          [B, num_classes].
+        """
+        h = x
+        for layer in self.stages:
+            h = layer(h)
+        return self.head(h.mean(axis=(1, 2)))

@@ -1,0 +1,306 @@
+"""LR-ASPP MobileNetV3-Large, the P2P selector's backbone, in the torchvision layout.
+
+This is torchvision's `mobilenet_v3_large(dilated=True)` feature extractor as used by
+`torchvision.models.segmentation.lraspp_mobilenet_v3_large`, plus the part of its
+`LRASPPHead` that precedes the two 1x1 classifiers:
+
+- `features[0]`: 3x3 stride-2 conv, BN, hardswish.
+- `features[1..15]`: inverted residual blocks (expand 1x1, depthwise kxk, optional
+  squeeze-excitation with a hardsigmoid gate, project 1x1). With `dilated=True` the last
+  three blocks use dilation 2 instead of stride 2, so the deepest features are at stride 16.
+- `features[16]`: 1x1 conv to 960 channels, BN, hardswish.
+- `cbr`, `scale`: LR-ASPP's conv-BN-ReLU of the 960-channel features and its sigmoid gate
+  computed from their global average.
+
+The module returns LR-ASPP's two feature maps, "low" (the 40-channel stride-8 output of
+`features[4]`) and "high" (the gated 128-channel map bilinearly upsampled to low's size). The
+two 1x1 classifier heads belong to the selector (`grouped_select.selector.Selector`).
+
+The nesting mirrors torchvision's (`features.N.block.M`), so that `grouped_select.convert`
+maps torchvision keys with a short table. Convolutions use torchvision's symmetric padding
+`(k - 1) // 2 * dilation` (not "SAME", which pads stride-2 convs asymmetrically). BatchNorm
+follows torchvision: eps 1e-3 and torch momentum 0.01 (flax momentum 0.99) in MobileNetV3,
+eps 1e-5 and torch momentum 0.1 in LR-ASPP's `cbr`. `model.eval()` switches BatchNorm to its
+running statistics, `model.train()` back to batch statistics.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# torchvision initialises every conv with kaiming_normal_(mode="fan_out").
+_CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+_ACTIVATIONS = {
+    None: lambda x: x,
+    "relu": jax.nn.relu,
+    "hardswish": jax.nn.hard_swish,
+}
+
+
+class BlockConfig(NamedTuple):
+    """One inverted residual block, in torchvision's `InvertedResidualConfig` order."""
+
+    in_channels: int
+    kernel: int
+    expanded: int
+    out_channels: int
+    use_se: bool
+    activation: str
+    stride: int
+    dilation: int
+
+
+def _make_divisible(value: float, divisor: int = 8) -> int:
+    """Rounds channel counts like torchvision's `_make_divisible` (never below 90%)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def large_block_configs(dilated: bool = True) -> tuple[BlockConfig, ...]:
+    """The 15 inverted residual blocks of MobileNetV3-Large (torchvision's table).
+
+    Args:
+      dilated: replace the stride of the last stage by dilation 2 (output stride 16).
+
+    Returns:
+      15 `BlockConfig`s for `features[1..15]`.
+    """
+    d = 2 if dilated else 1
+    return tuple(
+        BlockConfig(*row)
+        for row in (
+            (16, 3, 16, 16, False, "relu", 1, 1),
+            (16, 3, 64, 24, False, "relu", 2, 1),
+            (24, 3, 72, 24, False, "relu", 1, 1),
+            (24, 5, 72, 40, True, "relu", 2, 1),
+            (40, 5, 120, 40, True, "relu", 1, 1),
+            (40, 5, 120, 40, True, "relu", 1, 1),
+            (40, 3, 240, 80, False, "hardswish", 2, 1),
+            (80, 3, 200, 80, False, "hardswish", 1, 1),
+            (80, 3, 184, 80, False, "hardswish", 1, 1),
+            (80, 3, 184, 80, False, "hardswish", 1, 1),
+            (80, 3, 480, 112, True, "hardswish", 1, 1),
+            (112, 3, 672, 112, True, "hardswish", 1, 1),
+            (112, 5, 672, 160, True, "hardswish", 2, d),
+            (160, 5, 960, 160, True, "hardswish", 1, d),
+            (160, 5, 960, 160, True, "hardswish", 1, d),
+        )
+    )
+
+
+class ConvBNAct(nnx.Module):
+    """Conv (no bias) + BatchNorm + optional activation: torchvision `Conv2dNormActivation`.
+
+    Attributes:
+      conv: `nnx.Conv` with explicit symmetric padding `(k - 1) // 2 * dilation`.
+      bn: `nnx.BatchNorm`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        activation: str | None = None,
+        bn_epsilon: float = 1e-3,
+        bn_momentum: float = 0.99,
+        rngs: nnx.Rngs,
+    ):
+        """Builds the layer.
+
+        Args:
+          in_channels: input channels.
+          out_channels: output channels.
+          kernel: square kernel size.
+          stride: conv stride.
+          dilation: conv dilation.
+          groups: feature groups (`in_channels` for a depthwise conv).
+          activation: None, "relu" or "hardswish".
+          bn_epsilon: BatchNorm epsilon.
+          bn_momentum: flax BatchNorm momentum (1 - torch momentum).
+          rngs: initialisation keys.
+        """
+        pad = (kernel - 1) // 2 * dilation
+        self.conv = nnx.Conv(
+            in_channels,
+            out_channels,
+            (kernel, kernel),
+            strides=stride,
+            padding=((pad, pad), (pad, pad)),
+            kernel_dilation=dilation,
+            feature_group_count=groups,
+            use_bias=False,
+            kernel_init=_CONV_INIT,
+            rngs=rngs,
+        )
+        self.bn = nnx.BatchNorm(
+            out_channels,
+            epsilon=bn_epsilon,
+            momentum=bn_momentum,
+            use_fast_variance=False,
+            rngs=rngs,
+        )
+        self.activation = activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, H, W, C_in] -> [B, H', W', C_out]."""
+        return _ACTIVATIONS[self.activation](self.bn(self.conv(x)))
+
+
+class SqueezeExcitation(nnx.Module):
+    """Channel gate: global average -> 1x1 conv, ReLU -> 1x1 conv, hardsigmoid -> scale.
+
+    Attributes:
+      fc1: 1x1 conv to the squeeze width (with bias).
+      fc2: 1x1 conv back to the input width (with bias).
+    """
+
+    def __init__(self, channels: int, squeeze: int, *, rngs: nnx.Rngs):
+        """Builds the gate for `channels` inputs squeezed to `squeeze` channels."""
+        self.fc1 = nnx.Conv(channels, squeeze, (1, 1), kernel_init=_CONV_INIT, rngs=rngs)
+        self.fc2 = nnx.Conv(squeeze, channels, (1, 1), kernel_init=_CONV_INIT, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, H, W, C] -> [B, H, W, C]."""
+        scale = jnp.mean(x, axis=(1, 2), keepdims=True)
+        scale = jax.nn.hard_sigmoid(self.fc2(jax.nn.relu(self.fc1(scale))))
+        return x * scale
+
+
+class InvertedResidual(nnx.Module):
+    """MobileNetV3 block; `block` holds the layers in torchvision's order.
+
+    Attributes:
+      block: [expand ConvBNAct]? + depthwise ConvBNAct + [SqueezeExcitation]? + project
+        ConvBNAct, as an `nnx.List` indexed like torchvision's `block` Sequential.
+      use_residual: whether the input is added to the output (stride 1, same width).
+    """
+
+    def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
+        """Builds the block from its `BlockConfig`."""
+        layers = []
+        if cfg.expanded != cfg.in_channels:
+            layers.append(
+                ConvBNAct(cfg.in_channels, cfg.expanded, 1, activation=cfg.activation, rngs=rngs)
+            )
+        layers.append(
+            ConvBNAct(
+                cfg.expanded,
+                cfg.expanded,
+                cfg.kernel,
+                # A dilated block keeps the resolution: dilation replaces the stride.
+                stride=1 if cfg.dilation > 1 else cfg.stride,
+                dilation=cfg.dilation,
+                groups=cfg.expanded,
+                activation=cfg.activation,
+                rngs=rngs,
+            )
+        )
+        if cfg.use_se:
+            squeeze = _make_divisible(cfg.expanded // 4, 8)
+            layers.append(SqueezeExcitation(cfg.expanded, squeeze, rngs=rngs))
+        layers.append(ConvBNAct(cfg.expanded, cfg.out_channels, 1, rngs=rngs))
+        self.block = nnx.List(layers)
+        # torchvision decides from the configured stride, even when dilation replaced it.
+        self.use_residual = cfg.stride == 1 and cfg.in_channels == cfg.out_channels
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, H, W, C_in] -> [B, H', W', C_out]."""
+        y = x
+        for layer in self.block:
+            y = layer(y)
+        return y + x if self.use_residual else y
+
+
+def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Bilinear resize with half-pixel centres, like torch `F.interpolate(align_corners=False)`.
+
+    `antialias=False` gives torch's two-tap interpolation also when shrinking; when growing,
+    jax's renormalised border weights equal torch's clamped source indices.
+
+    Args:
+      x: [B, h, w, C].
+      size: static output (H, W).
+
+    Returns:
+      [B, H, W, C].
+    """
+    batch, _, _, channels = x.shape
+    return jax.image.resize(x, (batch, *size, channels), "bilinear", antialias=False)
+
+
+class LRASPPMobileNetV3(nnx.Module):
+    """MobileNetV3-Large (dilated) + LR-ASPP head body: image -> (low, high) feature maps.
+
+    Attributes:
+      features: `nnx.List` of 17 layers, indexed like torchvision's `backbone.features`.
+      cbr: LR-ASPP's 1x1 conv (960 -> 128, no bias) + BatchNorm (eps 1e-5) + ReLU.
+      scale: LR-ASPP's 1x1 conv (960 -> 128, no bias) on the global average, sigmoid gate.
+      low_channels: 40, channels of `low`.
+      high_channels: 128, channels of `high`.
+    """
+
+    low_index = 4  # features[4] ends the stride-8 stage ("C2" in torchvision).
+
+    def __init__(self, *, dilated: bool = True, inter_channels: int = 128, rngs: nnx.Rngs):
+        """Builds the network with random weights (see `grouped_select.convert` to load some).
+
+        Args:
+          dilated: dilate the last stage (output stride 16), as LR-ASPP does.
+          inter_channels: width of LR-ASPP's `cbr` and `scale` (128 in torchvision).
+          rngs: initialisation keys.
+        """
+        configs = large_block_configs(dilated)
+        last_in = configs[-1].out_channels
+        last_out = 6 * last_in
+        layers = [
+            ConvBNAct(3, configs[0].in_channels, 3, stride=2, activation="hardswish", rngs=rngs)
+        ]
+        layers += [InvertedResidual(cfg, rngs=rngs) for cfg in configs]
+        layers.append(ConvBNAct(last_in, last_out, 1, activation="hardswish", rngs=rngs))
+        self.features = nnx.List(layers)
+        # LR-ASPP's own BatchNorm is torch's default one: eps 1e-5, momentum 0.1.
+        self.cbr = ConvBNAct(
+            last_out,
+            inter_channels,
+            1,
+            activation="relu",
+            bn_epsilon=1e-5,
+            bn_momentum=0.9,
+            rngs=rngs,
+        )
+        self.scale = nnx.Conv(
+            last_out, inter_channels, (1, 1), use_bias=False, kernel_init=_CONV_INIT, rngs=rngs
+        )
+        self.low_channels = configs[self.low_index - 1].out_channels
+        self.high_channels = inter_channels
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Computes LR-ASPP's two feature maps.
+
+        Args:
+          x: [B, H, W, 3] ImageNet-normalised images.
+
+        Returns:
+          low: [B, h, w, 40] stride-8 features (h = ceil(H / 8)).
+          high: [B, h, w, 128] `relu(bn(cbr(f)))` * `sigmoid(scale(mean(f)))` of the stride-16
+            960-channel features f, bilinearly upsampled (half-pixel centres) to (h, w).
+        """
+        for layer in self.features[: self.low_index + 1]:
+            x = layer(x)
+        low = x
+        for layer in self.features[self.low_index + 1 :]:
+            x = layer(x)
+        gate = jax.nn.sigmoid(self.scale(jnp.mean(x, axis=(1, 2), keepdims=True)))
+        high = self.cbr(x) * gate
+        high = resize_bilinear(high, low.shape[1:3])
+        return low, high

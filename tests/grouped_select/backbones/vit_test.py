@@ -1,0 +1,103 @@
+"""ViT (HF layout): sizes, golden classifier outputs and position-embedding resizing."""
+
+import logging
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from grouped_select import convert
+from grouped_select.backbones.vit import ViT, resize_position_embeddings
+
+
+@pytest.fixture(scope="module")
+def golden_vit(golden):
+    """The golden P2P file's classifier: HF ViT-Ti/16, 9 classes, layer_norm_eps 1e-12."""
+    return convert.load_vit(
+        golden.root / "p2p_vit_tiny_lraspp.safetensors",
+        variant="ti",
+        prefix=convert.P2P_CLASSIFIER_PREFIX,
+    )
+
+
+def _jit_apply(model):
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def apply(state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    return lambda x: apply(state, x)
+
+
+@pytest.mark.parametrize(
+    "variant, expected",
+    # timm / HF parameter counts with a 1000-class head.
+    [("ti", 5_717_416), ("s", 22_050_664), ("b", 86_567_656)],
+)
+def test_parameter_counts(variant, expected):
+    model = nnx.eval_shape(lambda: ViT(1000, variant=variant, rngs=nnx.Rngs(0)))
+    assert sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param))) == expected
+
+
+@pytest.mark.golden
+@pytest.mark.slow
+def test_golden_classifier_log_probs(golden, golden_vit):
+    data = golden("p2p_eval.npz")
+    apply = _jit_apply(golden_vit)
+    for tau in ("0.3", "0.7"):
+        x = data[f"tau{tau}_masked_x"].transpose(0, 2, 3, 1)  # NCHW -> NHWC
+        logits = apply(x)
+        want = data[f"tau{tau}_log_probs"]
+        chex.assert_shape(logits, want.shape)
+        # The reference's log-probabilities: log(softmax + 1e-6).
+        np.testing.assert_allclose(jnp.log(jax.nn.softmax(logits) + 1e-6), want, atol=1e-4, rtol=0)
+
+
+def _torch_bilinear(values, out):
+    """torch F.interpolate(bilinear, align_corners=False) along axis 0 of a numpy array."""
+    src = np.clip((np.arange(out) + 0.5) * values.shape[0] / out - 0.5, 0, None)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, values.shape[0] - 1)
+    frac = (src - lo)[:, None, None]
+    return values[lo] * (1 - frac) + values[hi] * frac
+
+
+@pytest.mark.parametrize("new_grid", [(14, 14), (20, 9), (7, 7)])
+def test_resize_position_embeddings_matches_torch(new_grid):
+    rng = np.random.default_rng(0)
+    pos = rng.normal(size=(1, 1 + 14 * 14, 8)).astype(np.float32)
+    got = resize_position_embeddings(pos, new_grid)
+    chex.assert_shape(got, (1, 1 + new_grid[0] * new_grid[1], 8))
+    np.testing.assert_array_equal(got[:, 0], pos[:, 0])  # class token untouched
+    grid = pos[0, 1:].reshape(14, 14, 8)
+    want = _torch_bilinear(_torch_bilinear(grid, new_grid[0]).swapaxes(0, 1), new_grid[1])
+    np.testing.assert_allclose(got[0, 1:], want.swapaxes(0, 1).reshape(-1, 8), atol=1e-5)
+
+
+def test_resize_position_embeddings_rejects_bad_grid():
+    with pytest.raises(ValueError, match="do not form"):
+        resize_position_embeddings(np.zeros((1, 1 + 15, 4)), (4, 4))
+
+
+@pytest.mark.golden
+@pytest.mark.slow
+def test_load_at_other_image_size(golden, golden_vit, caplog):
+    with caplog.at_level(logging.WARNING, logger="grouped_select.convert"):
+        model = convert.load_vit(
+            golden.root / "p2p_vit_tiny_lraspp.safetensors",
+            prefix=convert.P2P_CLASSIFIER_PREFIX,
+            image_size=(128, 96),
+        )
+    assert "interpolated position embeddings" in caplog.text
+    chex.assert_shape(model.pos_embed[...], (1, 1 + 8 * 6, 192))
+    np.testing.assert_array_equal(model.pos_embed[...][:, 0], golden_vit.pos_embed[...][:, 0])
+    logits = _jit_apply(model)(jnp.zeros((3, 128, 96, 3)))
+    chex.assert_shape(logits, (3, 9))
+    chex.assert_tree_all_finite(logits)
+    with pytest.raises(ValueError, match="patch grid"):
+        model(jnp.zeros((1, 224, 224, 3)))
