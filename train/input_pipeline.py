@@ -104,7 +104,14 @@ def create(config: ml_collections.ConfigDict) -> Data:
                 "config.data.name='folders' needs config.data.root, the dataset's folder "
                 f"(and config.data.layout, one of {sorted(builders.folders.LAYOUTS)})."
             )
-        builder = builders.prepare_folders(d.root, data_dir, layout=d.layout, **_slic(d))
+        builder = builders.prepare_folders(
+            d.root,
+            data_dir,
+            layout=d.layout,
+            mask_pairing=d.mask_pairing,
+            crop_to_mask=d.crop_to_mask,
+            **_slic(d),
+        )
     elif d.name == "tfds":
         if not d.tfds_name:
             raise ValueError("config.data.name='tfds' needs config.data.tfds_name, e.g. 'cifar10'.")

@@ -1,5 +1,7 @@
 """Builds the P2P model a config names (the only place where config keys meet modules)."""
 
+import os
+
 import ml_collections
 from flax import nnx
 
@@ -77,7 +79,74 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
 
 
 def load_pretrained(model: P2P, directory: str, replace_classifier_head: bool) -> None:
-    """Loads converted weights (`python -m grouped_select.convert`) into `model` in place."""
+    """Loads weights converted by `python -m grouped_select.convert` into `model`, in place.
+
+    Args:
+      model: a freshly built `P2P` whose architecture matches the converted one.
+      directory: the converter's `--out` folder (holding `state/`).
+      replace_classifier_head: keep `model`'s own (random) classifier head when the converted
+        head has another class count, as when fine-tuning on a new dataset.
+
+    Raises:
+      FileNotFoundError: no converted state in `directory`.
+      ValueError: parameters missing or of other shapes (listed), beyond the allowed head.
+    """
     from grouped_select import convert
 
-    convert.restore_into(model, directory, replace_classifier_head=replace_classifier_head)
+    path = os.path.join(os.path.expanduser(directory), "state")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"config.model_init={directory!r} has no 'state' folder; create it with "
+            "`python -m grouped_select.convert ... --out DIR`."
+        )
+    saved = _flatten(convert.restore_state(path))
+    state = nnx.state(model)
+    target = _flatten(nnx.to_pure_dict(state))
+    head = ("classifier/head/", "classifier/fc/")
+    missing, reshaped, merged = [], [], {}
+    for key, value in target.items():
+        if key not in saved:
+            missing.append(f"{key} {tuple(value.shape)}")
+        elif tuple(saved[key].shape) == tuple(value.shape):
+            merged[key] = saved[key]
+        elif replace_classifier_head and key.startswith(head):
+            merged[key] = value  # a new head for another class count
+        else:
+            reshaped.append(f"{key}: saved {saved[key].shape}, model {tuple(value.shape)}")
+    unexpected = sorted(saved.keys() - target.keys())
+    if missing or reshaped or unexpected:
+        lines = [f"the converted weights in {directory} do not fit config.model:"]
+        for title, items in (
+            ("missing", missing),
+            ("other shape", reshaped),
+            ("unexpected", unexpected),
+        ):
+            if items:
+                lines.append(
+                    f"  {len(items)} {title}: "
+                    + "; ".join(items[:8])
+                    + (" ..." if len(items) > 8 else "")
+                )
+        raise ValueError("\n".join(lines))
+    nnx.replace_by_pure_dict(state, _unflatten(merged))
+    nnx.update(model, state)
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _unflatten(flat: dict) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split("/")
+        for name in parents:
+            node = node.setdefault(int(name) if name.isdigit() else name, {})
+        node[int(leaf) if leaf.isdigit() else leaf] = value
+    return tree

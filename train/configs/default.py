@@ -20,7 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.name = "builtin"
     data.data_dir = ""  # prepared datasets ("": $P2P_DATA_DIR or ~/.cache/grouped_select)
     data.root = ""
-    data.layout = ""  # folders: imagenet, imagenet9, bam, coco10, generic
+    data.layout = ""  # folders: imagenet, imagenet9, bam_object, bam_scene, coco10, folders
+    data.mask_pairing = "stem"  # folders: mask per image by file stem, or "sorted" (BAM)
+    data.crop_to_mask = False  # folders: crop images to their mask's size (BAM's layout)
     data.tfds_name = ""  # tfds: e.g. "cifar10", "imagenette", "oxford_iiit_pet"
     data.train_split = "train"
     data.eval_split = "test"

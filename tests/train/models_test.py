@@ -1,0 +1,60 @@
+"""Starting a run from converted published weights (`config.model_init`)."""
+
+import chex
+import numpy as np
+import pytest
+from flax import nnx
+
+from grouped_select import convert
+from train import models
+
+P2P_FILE = "p2p_vit_tiny_lraspp.safetensors"
+
+
+@pytest.fixture(scope="module")
+def converted(golden, tmp_path_factory):
+    out = tmp_path_factory.mktemp("converted")
+    convert.main(["--p2p-weights", str(golden.root / P2P_FILE), "--out", str(out)])
+    return out
+
+
+def _pure(module):
+    return nnx.to_pure_dict(nnx.state(module))
+
+
+def _paper_model(tiny_config, num_classes):
+    tiny_config.model.selector = "lraspp_mobilenet_v3_large"
+    tiny_config.model.classifier = "vit_ti"
+    tiny_config.model.patch_size = 16
+    tiny_config.data.image_size = 224
+    return models.create_model(tiny_config, num_classes, seed=3)
+
+
+@pytest.mark.golden
+def test_model_init_loads_weights_and_replaces_the_head(converted, tiny_config, golden):
+    model = _paper_model(tiny_config, num_classes=5)
+    fresh_head = np.asarray(model.classifier.head.kernel[...]).copy()
+    models.load_pretrained(model, str(converted), replace_classifier_head=True)
+    reference, _ = convert.convert_p2p(p2p_weights=str(golden.root / P2P_FILE))
+    chex.assert_trees_all_equal(_pure(model.selector), _pure(reference.selector))
+    np.testing.assert_array_equal(
+        model.classifier.layers[5].mlp.fc1.kernel[...],
+        reference.classifier.layers[5].mlp.fc1.kernel[...],
+    )
+    np.testing.assert_array_equal(model.classifier.head.kernel[...], fresh_head)  # 5 classes
+
+
+@pytest.mark.golden
+def test_model_init_mismatch_lists_the_parameters(converted, tiny_config):
+    model = _paper_model(tiny_config, num_classes=5)
+    with pytest.raises(ValueError, match="classifier/head/kernel: saved"):
+        models.load_pretrained(model, str(converted), replace_classifier_head=False)
+    tiny_config.model.selector = "small"
+    tiny_config.model.classifier = "small_vit"
+    tiny_config.data.image_size = 32
+    tiny_config.model.patch_size = 8
+    small = models.create_model(tiny_config, 9, seed=0)
+    with pytest.raises(ValueError, match="missing: selector/backbone/convs"):
+        models.load_pretrained(small, str(converted), replace_classifier_head=True)
+    with pytest.raises(FileNotFoundError, match="grouped_select.convert"):
+        models.load_pretrained(small, str(converted / "nowhere"), replace_classifier_head=True)
