@@ -5,18 +5,22 @@ import os
 import ml_collections
 from flax import nnx
 
-from grouped_select.backbones.small import SmallSelectorBackbone, small_vit_classifier
+from grouped_select.backbones.small import (
+    SmallCNNClassifier,
+    SmallSelectorBackbone,
+    small_vit_classifier,
+)
 from grouped_select.model import P2P
 from grouped_select.selector import Selector
 
 SELECTORS = ("small", "lraspp_mobilenet_v3_large")
-CLASSIFIERS = ("small_vit", "vit_ti", "vit_s", "vit_b", "resnet18", "resnet34")
+CLASSIFIERS = ("small_cnn", "small_vit", "vit_ti", "vit_s", "vit_b", "resnet18", "resnet34")
 
 
-def create_selector_backbone(name: str, *, rngs: nnx.Rngs) -> nnx.Module:
-    """The selector backbone called `name` (one of `SELECTORS`)."""
+def create_selector_backbone(name: str, *, low_stride: int = 8, rngs: nnx.Rngs) -> nnx.Module:
+    """The selector backbone called `name` (one of `SELECTORS`); `low_stride`: "small" only."""
     if name == "small":
-        return SmallSelectorBackbone(rngs=rngs)
+        return SmallSelectorBackbone(low_stride=low_stride, rngs=rngs)
     if name == "lraspp_mobilenet_v3_large":
         from grouped_select.backbones.mobilenet_v3 import LRASPPMobileNetV3
 
@@ -28,6 +32,8 @@ def create_classifier(
     name: str, num_classes: int, *, image_size: int, patch_size: int, rngs: nnx.Rngs
 ) -> nnx.Module:
     """The classifier called `name` (one of `CLASSIFIERS`)."""
+    if name == "small_cnn":
+        return SmallCNNClassifier(num_classes, rngs=rngs)
     if name == "small_vit":
         return small_vit_classifier(
             num_classes, image_size=image_size, patch_size=patch_size, rngs=rngs
@@ -61,7 +67,9 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
       A `P2P` module in training mode.
     """
     rngs = nnx.Rngs(seed)
-    backbone = create_selector_backbone(config.model.selector, rngs=rngs)
+    backbone = create_selector_backbone(
+        config.model.selector, low_stride=config.model.selector_stride, rngs=rngs
+    )
     selector = Selector(
         backbone,
         num_outputs=config.model.num_outputs,

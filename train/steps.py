@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx, struct
 
@@ -53,6 +54,7 @@ class StepSettings:
     sparsity: str = "kl"
     sparsity_weight: float = 10.0
     anneal_sparsity: bool = True
+    sparsity_warmup_epochs: int = 0
     covariance_weight: float = 0.01
     final_temperature: float = 0.5
     num_samples: int = 1
@@ -63,14 +65,93 @@ class StepSettings:
     budget_step: float = 0.05
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam (AdamW when weight decay is set), optional global-norm clipping."""
+    o = config.optim
+    if o.weight_decay:
+        tx = optax.adamw(o.learning_rate, weight_decay=o.weight_decay)
+    else:
+        tx = optax.adam(o.learning_rate)
+    if o.grad_clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
+    return tx
+
+
+def step_settings(config: ml_collections.ConfigDict, steps_per_epoch: int) -> StepSettings:
+    """The static hyperparameters of the steps, read from the config."""
+    p = config.p2p
+    if config.compute_dtype not in DTYPES:
+        raise ValueError(
+            f"config.compute_dtype={config.compute_dtype!r} must be one of {sorted(DTYPES)}."
+        )
+    return StepSettings(
+        num_regions=config.data.num_regions,
+        num_epochs=config.optim.num_epochs,
+        steps_per_epoch=steps_per_epoch,
+        dynamic_budget=p.dynamic_budget,
+        fixed_budget=p.fixed_budget,
+        min_budget=p.min_budget,
+        sparsity=p.sparsity,
+        sparsity_weight=p.sparsity_weight,
+        anneal_sparsity=p.anneal_sparsity,
+        sparsity_warmup_epochs=p.sparsity_warmup_epochs,
+        covariance_weight=p.covariance_weight,
+        final_temperature=p.final_temperature,
+        num_samples=p.num_samples,
+        straight_through=p.straight_through,
+        jitter=p.jitter,
+        compute_dtype=DTYPES[config.compute_dtype],
+        certainties=tuple(float(c) for c in p.certainties),
+        budget_step=p.budget_step,
+    )
+
+
+def initial_state(
+    model: nnx.Module, optimizer: optax.GradientTransformation, seed: int
+) -> tuple[nnx.GraphDef, TrainState]:
+    """Splits a model into its graph definition and a fresh `TrainState`."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        rest=rest,
+        opt_state=optimizer.init(params),
+        rng=jax.random.key_data(jax.random.key(seed)),
+    )
+    return graphdef, state
+
+
+def eval_graphdef(model: nnx.Module) -> nnx.GraphDef:
+    """The graph definition of `model` in evaluation mode (BatchNorm uses running stats)."""
+    model.eval()
+    graphdef = nnx.graphdef(model)
+    model.train()
+    return graphdef
+
+
 def schedules(step: jax.Array, s: StepSettings) -> tuple[jax.Array, jax.Array]:
-    """(temperature, λ₁) for a step: per-epoch schedules, epoch = step // steps_per_epoch."""
+    """(temperature, λ₁) for a step: per-epoch schedules, epoch = step // steps_per_epoch.
+
+    With `sparsity_warmup_epochs` W > 0, λ₁ is 0 for epochs < W and the paper's schedules
+    (annealed λ₁, temperature) then run over the remaining E - W epochs as if they were a
+    whole training run; W = 0 is the paper's schedule.
+    """
     epoch = step // s.steps_per_epoch
-    temperature = objective.temperature(epoch, s.num_epochs, s.final_temperature)
+    warmup = s.sparsity_warmup_epochs
+    if not 0 <= warmup < s.num_epochs:
+        raise ValueError(f"sparsity_warmup_epochs={warmup} must be in [0, {s.num_epochs}).")
+    epoch = jnp.maximum(epoch - warmup, 0)
+    num_epochs = s.num_epochs - warmup
+    temperature = objective.temperature(epoch, num_epochs, s.final_temperature)
     if s.anneal_sparsity:
-        weight = objective.sparsity_weight_for_epoch(epoch, s.num_epochs, s.sparsity_weight)
+        weight = objective.sparsity_weight_for_epoch(epoch, num_epochs, s.sparsity_weight)
     else:
         weight = jnp.float32(s.sparsity_weight)
+    if warmup:
+        weight = jnp.where(step < warmup * s.steps_per_epoch, 0.0, weight)
     return temperature, weight
 
 
@@ -105,8 +186,10 @@ def train_step(
     else:
         budget, loss_budget = None, jnp.float32(s.fixed_budget)
 
-    def loss_fn(params):
-        model = nnx.merge(graphdef, cast_floating(params, s.compute_dtype), state.rest)
+    # `rest` enters as an argument so its variables belong to the gradient's trace: BatchNorm
+    # updates its running statistics in place during the forward pass.
+    def loss_fn(params, rest):
+        model = nnx.merge(graphdef, cast_floating(params, s.compute_dtype), rest, copy=True)
         out = model.train_forward(
             images.astype(s.compute_dtype),
             ids,
@@ -132,7 +215,7 @@ def train_step(
         _, _, rest = nnx.split(model, nnx.Param, ...)
         return losses.total, (losses, out, rest)
 
-    grads, (losses, out, rest) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (losses, out, rest) = jax.grad(loss_fn, has_aux=True)(state.params, state.rest)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     hard_kept = regions.kept_fraction(

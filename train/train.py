@@ -15,18 +15,13 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from train import checkpointing, input_pipeline, models, steps
 from train.metric_writer import MetricWriter
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -42,69 +37,6 @@ def make_mesh() -> Mesh:
     samples folded into the classifier batch), which the library deliberately does not know.
     """
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam (AdamW when weight decay is set), optional global-norm clipping."""
-    o = config.optim
-    if o.weight_decay:
-        tx = optax.adamw(o.learning_rate, weight_decay=o.weight_decay)
-    else:
-        tx = optax.adam(o.learning_rate)
-    if o.grad_clip_norm:
-        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
-    return tx
-
-
-def step_settings(config: ml_collections.ConfigDict, steps_per_epoch: int) -> steps.StepSettings:
-    """The static hyperparameters of the steps, read from the config."""
-    p = config.p2p
-    if config.compute_dtype not in DTYPES:
-        raise ValueError(
-            f"config.compute_dtype={config.compute_dtype!r} must be one of {sorted(DTYPES)}."
-        )
-    return steps.StepSettings(
-        num_regions=config.data.num_regions,
-        num_epochs=config.optim.num_epochs,
-        steps_per_epoch=steps_per_epoch,
-        dynamic_budget=p.dynamic_budget,
-        fixed_budget=p.fixed_budget,
-        min_budget=p.min_budget,
-        sparsity=p.sparsity,
-        sparsity_weight=p.sparsity_weight,
-        anneal_sparsity=p.anneal_sparsity,
-        covariance_weight=p.covariance_weight,
-        final_temperature=p.final_temperature,
-        num_samples=p.num_samples,
-        straight_through=p.straight_through,
-        jitter=p.jitter,
-        compute_dtype=DTYPES[config.compute_dtype],
-        certainties=tuple(float(c) for c in p.certainties),
-        budget_step=p.budget_step,
-    )
-
-
-def initial_state(
-    model: nnx.Module, optimizer: optax.GradientTransformation, seed: int
-) -> tuple[nnx.GraphDef, steps.TrainState]:
-    """Splits a model into its graph definition and a fresh `TrainState`."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    state = steps.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        rest=rest,
-        opt_state=optimizer.init(params),
-        rng=jax.random.key_data(jax.random.key(seed)),
-    )
-    return graphdef, state
-
-
-def eval_graphdef(model: nnx.Module) -> nnx.GraphDef:
-    """The graph definition of `model` in evaluation mode (BatchNorm uses running stats)."""
-    model.eval()
-    graphdef = nnx.graphdef(model)
-    model.train()
-    return graphdef
 
 
 class _StopSignal:
@@ -194,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     total_steps = steps_per_epoch * config.optim.num_epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    settings = step_settings(config, steps_per_epoch)
+    settings = steps.step_settings(config, steps_per_epoch)
 
     mesh = make_mesh()
     if batch_size % mesh.size:
@@ -203,9 +135,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
     replicated = NamedSharding(mesh, PartitionSpec())
     model = models.create_model(config, num_classes, seed=config.seed)
-    optimizer = create_optimizer(config)
-    graphdef, state = initial_state(model, optimizer, config.seed)
-    eval_def = eval_graphdef(model)
+    optimizer = steps.create_optimizer(config)
+    graphdef, state = steps.initial_state(model, optimizer, config.seed)
+    eval_def = steps.eval_graphdef(model)
     state = jax.device_put(state, replicated)
 
     train_iter = data.train_iterator(config, seed=config.seed)
@@ -311,8 +243,3 @@ def _format_eval(step: int, results: dict[str, float]) -> str:
         ]
         lines.append(f"  {group:<18} " + " ".join(parts))
     return "\n".join(lines)
-
-
-def parameter_count(tree) -> int:
-    """Number of scalars in a pytree of arrays."""
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from train import models, steps, train
+from train import models, steps
 
 BATCH, SIZE, NUM_REGIONS, NUM_CLASSES = 8, 32, 32, 4
 
@@ -30,9 +30,9 @@ def _batch(seed=0):
 def _setup(tiny_config, optimizer=None):
     tiny_config.data.num_regions = NUM_REGIONS
     model = models.create_model(tiny_config, NUM_CLASSES, seed=0)
-    optimizer = optimizer or train.create_optimizer(tiny_config)
-    graphdef, state = train.initial_state(model, optimizer, seed=0)
-    settings = train.step_settings(tiny_config, steps_per_epoch=4)
+    optimizer = optimizer or steps.create_optimizer(tiny_config)
+    graphdef, state = steps.initial_state(model, optimizer, seed=0)
+    settings = steps.step_settings(tiny_config, steps_per_epoch=4)
     return model, graphdef, state, optimizer, settings
 
 
@@ -91,7 +91,7 @@ def test_step_metrics_and_schedules(tiny_config):
 
 def test_eval_step_excludes_padding_and_reports_every_certainty(tiny_config):
     model, graphdef, state, _, settings = _setup(tiny_config)
-    eval_def = train.eval_graphdef(model)
+    eval_def = steps.eval_graphdef(model)
     batch = _batch(3)
     sums = jax.jit(functools.partial(steps.eval_step, graphdef=eval_def, settings=settings))(
         state.params, state.rest, batch
@@ -103,3 +103,34 @@ def test_eval_step_excludes_padding_and_reports_every_certainty(tiny_config):
     summary = steps.summarize(sums)
     assert 0.0 <= summary["budget_1.0/accuracy"] <= 1.0
     assert "certainty_0.9/mask_precision" in summary
+
+
+def test_paper_backbones_train_and_update_batchnorm_statistics(tiny_config):
+    """The LR-ASPP selector has BatchNorm: a step must update its running statistics."""
+    tiny_config.model.selector = "lraspp_mobilenet_v3_large"
+    tiny_config.model.classifier = "vit_ti"
+    tiny_config.model.patch_size = 16
+    tiny_config.data.image_size = 64
+    tiny_config.data.num_regions = NUM_REGIONS
+    model = models.create_model(tiny_config, NUM_CLASSES, seed=0)
+    optimizer = steps.create_optimizer(tiny_config)
+    graphdef, state = steps.initial_state(model, optimizer, seed=0)
+    settings = steps.step_settings(tiny_config, steps_per_epoch=4)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.normal(size=(2, 64, 64, 3)).astype(np.float32),
+        "region_ids": rng.integers(0, NUM_REGIONS, size=(2, 64, 64)).astype(np.int32),
+        "label": np.array([0, 1], np.int32),
+    }
+    before = jax.tree.map(np.asarray, state.rest)
+    step = jax.jit(
+        functools.partial(
+            steps.train_step, graphdef=graphdef, optimizer=optimizer, settings=settings
+        )
+    )
+    new_state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    changed = jax.tree.map(
+        lambda a, b: not np.allclose(a, b), before, jax.tree.map(np.asarray, new_state.rest)
+    )
+    assert sum(jax.tree.leaves(changed)) > 10  # running means/variances moved

@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     # "vit_ti", "vit_s", "vit_b", "resnet18", "resnet34".
     model = config.model = ml_collections.ConfigDict()
     model.selector = "small"
+    model.selector_stride = 8  # "small" selector: stride of its feature maps (2, 4 or 8)
     model.classifier = "small_vit"
     model.num_outputs = 4  # 1 keep-logit + 3 embedding dims
     model.patch_size = 8  # ViT classifiers
@@ -64,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
     p2p.sparsity = "kl"  # "kl" or "l1"
     p2p.sparsity_weight = 10.0  # λ₁
     p2p.anneal_sparsity = True
+    # Epochs with λ₁ = 0 before the λ₁ and temperature schedules start (they then run over
+    # the remaining epochs); 0 is the paper's schedule.
+    p2p.sparsity_warmup_epochs = 0
     p2p.covariance_weight = 0.01  # λ₂
     p2p.final_temperature = 0.5
     p2p.num_samples = 1  # Monte-Carlo masks per image

@@ -48,6 +48,7 @@ def paper_config(
     config.p2p.sparsity = "kl"
     config.p2p.sparsity_weight = 10.0
     config.p2p.anneal_sparsity = True
+    config.p2p.sparsity_warmup_epochs = 0
     config.p2p.covariance_weight = 0.01
     config.p2p.final_temperature = 0.5
     config.p2p.certainties = (0.8, 0.9, 0.95, 0.99)

@@ -9,6 +9,7 @@ from flax import nnx
 
 from grouped_select import convert
 from grouped_select.backbones.mobilenet_v3 import LRASPPMobileNetV3, resize_bilinear
+from grouped_select.selector import Selector
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,7 @@ def golden_selector(golden):
     """The golden P2P file's selector (backbone + 4-output heads), BatchNorm in eval mode."""
     # Shapes only: the load fills every variable, so random initialisation is skipped.
     backbone = nnx.eval_shape(lambda: LRASPPMobileNetV3(rngs=nnx.Rngs(0)))
-    selector = convert.SelectorParams(backbone, num_outputs=4, rngs=nnx.Rngs(0))
+    selector = Selector(backbone, num_outputs=4, rngs=nnx.Rngs(0))
     convert.load_lraspp_selector_weights(
         selector,
         golden.root / "p2p_vit_tiny_lraspp.safetensors",

@@ -1,0 +1,100 @@
+"""Evaluation with the dynamic budget search: batches/s and images/s, every method.
+
+    python benchmarks/eval_search.py [--batch 64 --size 224 --dtypes float32,bfloat16]
+
+The paper's backbones with random weights (so no image ever becomes confident and the search
+runs all 20 classifier passes, like the reference's measured "untrained" case). Methods:
+the batched grid (all budgets in one classifier batch, or in chunks) and the early-exit
+`lax.while_loop`. All give the same budgets (checked here).
+"""
+
+import argparse
+import pathlib
+import sys
+
+import jax
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import time_fn, write_json  # noqa: E402
+from benchmarks.train_step import make_batch, paper_config  # noqa: E402
+from grouped_select import budget  # noqa: E402
+from grouped_select.precision import cast_floating  # noqa: E402
+from train import models  # noqa: E402
+
+
+def bench_dtype(args, dtype: str) -> dict:
+    """Times every search method with the model computing in `dtype`."""
+    config = paper_config(args.config, args.size, dtype)
+    num_regions = config.data.num_regions
+    model = models.create_model(config, 9, seed=0)
+    model.eval()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params = cast_floating(params, dtype)
+    batch = jax.device_put(make_batch(args.batch, args.size, num_regions, 9))
+    x, ids = batch["image"].astype(dtype), batch["region_ids"]
+
+    def searcher(kind: str, chunk: int | None):
+        @jax.jit
+        def search(params, x, ids):
+            m = nnx.merge(graphdef, params, rest)
+            kwargs = {"grid_chunk": chunk} if kind == "grid" else {}
+            out = budget.dynamic_budget_search(
+                m, x, ids, args.certainty, num_regions=num_regions, method=kind, **kwargs
+            )
+            return out.budget, out.outputs.log_probs
+
+        return search
+
+    results, budgets = {}, {}
+    for method in args.methods.split(","):
+        kind, chunk = ("grid", 5) if method == "grid_chunk5" else (method, None)
+        search = searcher(kind, chunk)
+        timing = time_fn(search, params, x, ids, warmup=2, repeats=args.repeats, inner=3)
+        budgets[method] = np.asarray(search(params, x, ids)[0])
+        results[f"{dtype}/{method}"] = {
+            **timing,
+            "median_ms_per_batch": 1e3 * timing["median_s"],
+            "images_per_s": args.batch / timing["median_s"],
+            "mean_budget": float(budgets[method].mean()),
+            "same_budgets_as_first_method": bool(
+                np.array_equal(budgets[method], next(iter(budgets.values())))
+            ),
+        }
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="imagenet9")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--certainty", type=float, default=0.9)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--methods", default="grid,grid_chunk5,while_loop")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+
+    results = {}
+    for dtype in args.dtypes.split(","):
+        results.update(bench_dtype(args, dtype))
+    write_json(
+        {
+            "benchmark": "eval_dynamic_budget",
+            "config": args.config,
+            "batch": args.batch,
+            "image_size": args.size,
+            "certainty": args.certainty,
+            "reference_h200_ms_per_batch": 195,
+            "results": results,
+        },
+        args.out,
+        "eval_search.json",
+    )
+
+
+if __name__ == "__main__":
+    main()

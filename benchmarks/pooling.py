@@ -1,0 +1,101 @@
+"""Region pooling: every implementation, timed at the paper's size, checked for equality.
+
+    python benchmarks/pooling.py [--batch 64 --size 224 --channels 4 --regions 100]
+
+Implementations: `segment_sum` over the flattened batch (float32), the `one_hot` matmul in
+float32, and the one-hot matmul with bfloat16 features (float32 accumulation). Each is jitted
+on its own; the ids mimic SLIC's (about `regions` compact regions per image).
+"""
+
+import argparse
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import time_fn, write_json  # noqa: E402
+from grouped_select import regions  # noqa: E402
+
+
+def slic_like_ids(batch: int, size: int, num_regions: int, seed: int = 0) -> np.ndarray:
+    """[B, S, S] int32 ids: a jittered grid of about `num_regions` compact cells per image."""
+    rng = np.random.default_rng(seed)
+    side = int(np.sqrt(num_regions))
+    ys, xs = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    out = np.empty((batch, size, size), np.int32)
+    for b in range(batch):
+        cy = (np.arange(side) + 0.5 + rng.uniform(-0.3, 0.3, side)) * size / side
+        cx = (np.arange(side) + 0.5 + rng.uniform(-0.3, 0.3, side)) * size / side
+        row = np.abs(ys[..., None] - cy).argmin(-1)
+        col = np.abs(xs[..., None] - cx).argmin(-1)
+        out[b] = row * side + col
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--channels", type=int, default=4)
+    parser.add_argument("--regions", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(slic_like_ids(args.batch, args.size, args.regions))
+    feats = jnp.asarray(
+        rng.normal(size=(args.batch, args.size, args.size, args.channels)).astype(np.float32)
+    )
+    k = args.regions
+    variants = {
+        "segment_sum_f32": (
+            functools.partial(regions.pool_regions, num_regions=k, method="segment_sum"),
+            feats,
+        ),
+        "one_hot_f32": (
+            functools.partial(regions.pool_regions, num_regions=k, method="one_hot"),
+            feats,
+        ),
+        "one_hot_bf16": (
+            functools.partial(regions.pool_regions, num_regions=k, method="one_hot"),
+            feats.astype(jnp.bfloat16),
+        ),
+        "segment_sum_bf16": (
+            functools.partial(regions.pool_regions, num_regions=k, method="segment_sum"),
+            feats.astype(jnp.bfloat16),
+        ),
+    }
+    reference = np.asarray(jax.jit(variants["segment_sum_f32"][0])(feats, ids))
+    results = {}
+    for name, (fn, x) in variants.items():
+        jitted = jax.jit(fn)
+        got = np.asarray(jitted(x, ids))
+        timing = time_fn(jitted, x, ids, repeats=args.repeats, inner=20)
+        results[name] = {
+            **timing,
+            "median_us": 1e6 * timing["median_s"],
+            "max_abs_diff_vs_segment_sum_f32": float(np.abs(got - reference).max()),
+        }
+    bytes_read = feats.size * 4 + ids.size * 4
+    write_json(
+        {
+            "benchmark": "region_pooling",
+            "batch": args.batch,
+            "image_size": args.size,
+            "channels": args.channels,
+            "num_regions": k,
+            "bytes_read_f32": bytes_read,
+            "results": results,
+        },
+        args.out,
+        "pooling.json",
+    )
+
+
+if __name__ == "__main__":
+    main()

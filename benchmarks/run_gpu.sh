@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every benchmark on one GPU machine, in a few minutes; JSON files into $OUT (or benchmarks/out).
+#   bash benchmarks/run_gpu.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-benchmarks/out}"
+mkdir -p "$out"
+export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee "$out/gpu.txt"
+status=0
+python3 benchmarks/pooling.py --out "$out/pooling.json" > "$out/pooling.log" 2>&1 || status=1
+tail -n 3 "$out/pooling.log"
+python3 benchmarks/train_step.py --out "$out/train_step.json" > "$out/train_step.log" 2>&1 || status=1
+tail -n 3 "$out/train_step.log"
+python3 benchmarks/eval_search.py --out "$out/eval_search.json" > "$out/eval_search.log" 2>&1 || status=1
+tail -n 3 "$out/eval_search.log"
+exit $status

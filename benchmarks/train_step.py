@@ -1,0 +1,114 @@
+"""The P2P training step with the paper's backbones: images/s, FLOPs and MFU.
+
+    python benchmarks/train_step.py [--batch 64 --size 224 --dtypes float32,bfloat16]
+
+LR-ASPP MobileNetV3-Large selector + ViT-Ti/16 classifier (the paper's configuration,
+`train/configs/imagenet9.py`), random weights and data, dynamic budget, one Monte-Carlo
+sample; the same jitted, donated step `train/main.py` runs. FLOPs come from XLA's cost
+analysis of the compiled step; MFU is against the dense bfloat16 peak given by --peak-tflops.
+"""
+
+import argparse
+import functools
+import importlib
+import pathlib
+import sys
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import compiled_flops, time_fn, write_json  # noqa: E402
+from benchmarks.pooling import slic_like_ids  # noqa: E402
+from train import models, steps  # noqa: E402
+from train.steps import create_optimizer, initial_state, step_settings  # noqa: E402
+
+
+def make_batch(batch: int, size: int, num_regions: int, num_classes: int) -> dict:
+    rng = np.random.default_rng(0)
+    return {
+        "image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+        "region_ids": slic_like_ids(batch, size, min(num_regions, 100)),
+        "label": rng.integers(0, num_classes, size=(batch,)).astype(np.int32),
+    }
+
+
+def paper_config(name: str, size: int, dtype: str):
+    config = importlib.import_module(f"train.configs.{name}").get_config()
+    config.data.image_size = size
+    config.compute_dtype = dtype
+    return config
+
+
+def bench_dtype(args, dtype: str) -> dict:
+    """Times the paper's training step computing in `dtype`."""
+    config = paper_config(args.config, args.size, dtype)
+    num_classes = 9
+    model = models.create_model(config, num_classes, seed=0)
+    optimizer = create_optimizer(config)
+    graphdef, state = initial_state(model, optimizer, config.seed)
+    settings = step_settings(config, steps_per_epoch=1000)
+    step = jax.jit(
+        functools.partial(
+            steps.train_step, graphdef=graphdef, optimizer=optimizer, settings=settings
+        ),
+        donate_argnums=0,
+    )
+    batch = jax.device_put(make_batch(args.batch, args.size, config.data.num_regions, num_classes))
+    state = jax.device_put(state)
+    compiled = step.lower(state, batch).compile()  # compiled once: timed and cost-analysed
+    flops = compiled_flops(compiled)
+    holder = {"state": state}
+
+    def run(batch):
+        holder["state"], metrics = compiled(holder["state"], batch)
+        return metrics["loss"]
+
+    timing = time_fn(run, batch, warmup=3, repeats=args.repeats, inner=5)
+    seconds = timing["median_s"]
+    return {
+        **timing,
+        "median_ms": 1e3 * seconds,
+        "images_per_s": args.batch / seconds,
+        "flops_per_step": flops,
+        "achieved_tflops": flops / seconds / 1e12 if flops else None,
+        "mfu_vs_bf16_peak": flops / seconds / (args.peak_tflops * 1e12) if flops else None,
+        "final_loss_finite": bool(np.isfinite(float(run(batch)))),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="imagenet9", help="a train/configs module")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="dense bf16 peak of the device (H100/H200 SXM: 989)",
+    )
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+
+    results = {dtype: bench_dtype(args, dtype) for dtype in args.dtypes.split(",")}
+    write_json(
+        {
+            "benchmark": "train_step",
+            "config": args.config,
+            "batch": args.batch,
+            "image_size": args.size,
+            "peak_tflops": args.peak_tflops,
+            "reference_h200_images_per_s": [900, 1030],
+            "results": results,
+        },
+        args.out,
+        "train_step.json",
+    )
+
+
+if __name__ == "__main__":
+    main()
