@@ -108,3 +108,66 @@ def restore_params_only(directory: str | os.PathLike, state_template, step: int 
     )
     manager.close()
     return restored["state"]
+
+
+def load_run(workdir: str | os.PathLike, step: int | None = None):
+    """A finished (or running) run's model, ready for evaluation.
+
+    Args:
+      workdir: the run's folder (holding config.json, classes.json and checkpoints/).
+      step: which checkpoint (default: latest).
+
+    Returns:
+      (model in evaluation mode, config, class names).
+
+    Raises:
+      FileNotFoundError: the folder is not a run's workdir, or holds no checkpoint.
+      ValueError: the checkpoint does not fit the model its config describes.
+    """
+    import json
+
+    from flax import nnx
+
+    from train import models, steps
+
+    workdir = os.path.abspath(os.fspath(workdir))
+    config_path = os.path.join(workdir, "config.json")
+    classes_path = os.path.join(workdir, "classes.json")
+    for path in (config_path, classes_path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} does not exist: --workdir must be a folder written by train/main.py."
+            )
+    from train.configs import default
+
+    # Keys added since the run was made take their defaults.
+    config = default.get_config()
+    with open(config_path) as f:
+        _merge(config, json.load(f))
+    with open(classes_path) as f:
+        class_names = json.load(f)
+    model = models.create_model(config, len(class_names), seed=config.seed)
+    graphdef, state = steps.initial_state(model, steps.create_optimizer(config), config.seed)
+    try:
+        state = restore_params_only(os.path.join(workdir, "checkpoints"), state, step)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # orbax reports shape / structure mismatches in many ways
+        raise ValueError(
+            f"the checkpoint in {workdir}/checkpoints does not fit the model its config.json "
+            f"describes ({config.model.selector} selector, {config.model.classifier} "
+            f"classifier, {len(class_names)} classes): {type(e).__name__}: {e}"
+        ) from e
+    model = nnx.merge(graphdef, state.params, state.rest)
+    model.eval()
+    return model, config, class_names
+
+
+def _merge(config, saved: dict) -> None:
+    """Writes the values of a saved config (a nested dict) into `config`, key by key."""
+    for key, value in saved.items():
+        if isinstance(value, dict) and key in config:
+            _merge(config[key], value)
+        else:
+            with config.unlocked():
+                config[key] = tuple(value) if isinstance(value, list) else value

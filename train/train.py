@@ -121,6 +121,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _write_config(config, workdir)
     data = input_pipeline.create(config)
     num_classes = config.data.num_classes or data.num_classes
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "classes.json"), "w") as f:
+            json.dump(data.class_names[:num_classes] or list(range(num_classes)), f)
     batch_size = config.optim.batch_size
     steps_per_epoch = config.optim.steps_per_epoch or max(data.num_train // batch_size, 1)
     total_steps = steps_per_epoch * config.optim.num_epochs
