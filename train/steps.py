@@ -137,12 +137,12 @@ def schedules(step: jax.Array, s: StepSettings) -> tuple[jax.Array, jax.Array]:
 
     With `sparsity_warmup_epochs` W > 0, λ₁ is 0 for epochs < W and the paper's schedules
     (annealed λ₁, temperature) then run over the remaining E - W epochs as if they were a
-    whole training run; W = 0 is the paper's schedule.
+    whole training run; W = 0 is the paper's schedule. W is capped at E - 1 (short runs).
     """
     epoch = step // s.steps_per_epoch
-    warmup = s.sparsity_warmup_epochs
-    if not 0 <= warmup < s.num_epochs:
-        raise ValueError(f"sparsity_warmup_epochs={warmup} must be in [0, {s.num_epochs}).")
+    if s.sparsity_warmup_epochs < 0:
+        raise ValueError(f"sparsity_warmup_epochs={s.sparsity_warmup_epochs} must be >= 0.")
+    warmup = min(s.sparsity_warmup_epochs, s.num_epochs - 1)
     epoch = jnp.maximum(epoch - warmup, 0)
     num_epochs = s.num_epochs - warmup
     temperature = objective.temperature(epoch, num_epochs, s.final_temperature)

@@ -19,8 +19,13 @@ from grouped_select.backbones.vit import ViT, ViTVariant
 class SmallSelectorBackbone(nnx.Module):
     """Four strided 3x3 conv layers (strides 2, 2, 2, 2) and an LR-ASPP-style head body.
 
-    `__call__(x [B, H, W, 3]) -> (low [B, H/8, W/8, low_channels],
-    high [B, H/8, W/8, high_channels])`.
+    `__call__(x [B, H, W, 3]) -> (low [B, H/s, W/s, low_channels],
+    high [B, H/s, W/s, high_channels])` with s = `low_stride` (8, as LR-ASPP, by default).
+
+    With `low_stride` 2 or 4 the `low` map is finer than LR-ASPP's: the features after the
+    first (s = 2) or second (s = 4) convolution, concatenated with the upsampled stride-8
+    features and mixed by a 3x3 conv (`fuse`), so that small images still get a keep-logit
+    map fine enough to follow superpixels (at 32x32, stride 8 leaves a 4x4 map).
     """
 
     def __init__(
@@ -28,16 +33,20 @@ class SmallSelectorBackbone(nnx.Module):
         *,
         widths: tuple[int, int, int, int] = (16, 24, 32, 64),
         high_channels: int = 32,
+        low_stride: int = 8,
         rngs: nnx.Rngs,
     ):
         """Builds the network.
 
         Args:
           widths: output channels of the four stride-2 convolutions; the third is the stride-8
-            `low` map, the fourth feeds the stride-16 `high` branch.
+            map (`low` when low_stride is 8), the fourth feeds the stride-16 `high` branch.
           high_channels: channels of the `high` map.
+          low_stride: 2, 4 or 8, the stride of both returned maps.
           rngs: initialisation keys.
         """
+        if low_stride not in (2, 4, 8):
+            raise ValueError(f"low_stride must be 2, 4 or 8, got {low_stride}.")
         in_channels = (3, *widths[:-1])
         self.convs = nnx.List(
             [
@@ -47,7 +56,11 @@ class SmallSelectorBackbone(nnx.Module):
         )
         self.high_proj = nnx.Conv(widths[3], high_channels, (1, 1), rngs=rngs)
         self.high_gate = nnx.Conv(widths[3], high_channels, (1, 1), rngs=rngs)
+        self.low_stride = low_stride
         self.low_channels = widths[2]
+        if low_stride < 8:
+            fine = widths[low_stride.bit_length() - 2]  # after conv 1 (s=2) or 2 (s=4)
+            self.fuse = nnx.Conv(fine + widths[2], widths[2], (3, 3), padding=1, rngs=rngs)
         self.high_channels = high_channels
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -57,15 +70,22 @@ class SmallSelectorBackbone(nnx.Module):
           x: [B, H, W, 3], H and W divisible by 16.
 
         Returns:
-          (low [B, H/8, W/8, low_channels], high [B, H/8, W/8, high_channels]).
+          (low [B, H/s, W/s, low_channels], high [B, H/s, W/s, high_channels]), s the
+          `low_stride`.
         """
         h = x
+        features = []
         for conv in self.convs[:3]:
             h = nnx.relu(conv(h))
+            features.append(h)
         low = h
         deep = nnx.relu(self.convs[3](low))
         gate = nnx.sigmoid(self.high_gate(deep.mean(axis=(1, 2), keepdims=True)))
         high = nnx.relu(self.high_proj(deep)) * gate
+        if self.low_stride < 8:
+            fine = features[self.low_stride.bit_length() - 2]
+            context = jax.image.resize(low, (*fine.shape[:3], low.shape[-1]), "bilinear")
+            low = nnx.relu(self.fuse(jnp.concatenate([fine, context], axis=-1)))
         batch, height, width, _ = low.shape
         high = jax.image.resize(high, (batch, height, width, high.shape[-1]), "bilinear")
         return low, high.astype(jnp.result_type(low))
