@@ -81,6 +81,24 @@ class PixelAveragePrecision:
         self.object_hist += np.histogram(scores[gt], bins=self.edges)[0]
         self.background_hist += np.histogram(scores[~gt], bins=self.edges)[0]
 
+    def update_counts(
+        self, scores: ArrayLike, object_counts: ArrayLike, background_counts: ArrayLike
+    ) -> None:
+        """Adds scores that many pixels share (e.g. one score per region).
+
+        Equivalent to `update` with every pixel listed, at O(regions) cost.
+
+        Args:
+          scores: [N] scores in [0, 1].
+          object_counts: [N] object pixels having each score.
+          background_counts: [N] background pixels having each score.
+        """
+        scores = np.asarray(scores, np.float64).ravel()
+        self.object_hist += np.histogram(scores, self.edges, weights=np.ravel(object_counts))[0]
+        self.background_hist += np.histogram(
+            scores, self.edges, weights=np.ravel(background_counts)
+        )[0]
+
     def compute(self) -> float:
         """PxAP of everything added so far.
 
