@@ -68,13 +68,28 @@ class StepSettings:
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam (AdamW when weight decay is set), optional global-norm clipping."""
+def create_optimizer(
+    config: ml_collections.ConfigDict, total_steps: int = 1
+) -> optax.GradientTransformation:
+    """Adam (AdamW when weight decay is set), a learning-rate schedule, optional clipping.
+
+    Args:
+      config: the training config (`config.optim`).
+      total_steps: steps of the whole run, for `config.optim.schedule = "cosine"`.
+    """
     o = config.optim
-    if o.weight_decay:
-        tx = optax.adamw(o.learning_rate, weight_decay=o.weight_decay)
+    if o.schedule == "constant":
+        learning_rate = o.learning_rate
+    elif o.schedule == "cosine":
+        learning_rate = optax.cosine_decay_schedule(o.learning_rate, max(total_steps, 1))
     else:
-        tx = optax.adam(o.learning_rate)
+        raise ValueError(
+            f"config.optim.schedule={o.schedule!r} must be 'constant' or 'cosine'."
+        )
+    if o.weight_decay:
+        tx = optax.adamw(learning_rate, weight_decay=o.weight_decay)
+    else:
+        tx = optax.adam(learning_rate)
     if o.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
     return tx

@@ -138,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
     replicated = NamedSharding(mesh, PartitionSpec())
     model = models.create_model(config, num_classes, seed=config.seed)
-    optimizer = steps.create_optimizer(config)
+    optimizer = steps.create_optimizer(config, total_steps)
     graphdef, state = steps.initial_state(model, optimizer, config.seed)
     eval_def = steps.eval_graphdef(model)
     state = jax.device_put(state, replicated)

@@ -83,6 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Optimisation.
     optim = config.optim = ml_collections.ConfigDict()
     optim.learning_rate = 1e-3
+    optim.schedule = "constant"  # or "cosine": decays to 0 over the run
     optim.batch_size = 64  # global, over all processes
     optim.num_epochs = 60
     optim.steps_per_epoch = 0  # 0: dataset size // batch_size
