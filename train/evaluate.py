@@ -82,7 +82,8 @@ def evaluate_run(
     from jax.sharding import NamedSharding, PartitionSpec
     from tqdm import tqdm
 
-    from grouped_select import evaluation, report
+    from grouped_select import evaluation
+    from grouped_select import report as report_lib
     from train import checkpointing, input_pipeline
 
     if jax.process_count() > 1:
@@ -157,7 +158,7 @@ def evaluate_run(
     out = os.path.abspath(out or os.path.join(workdir, f"eval_{split}"))
     os.makedirs(out, exist_ok=True)
     summary = acc.summary()
-    figures = report.write_figures(acc, out)
+    figures = report_lib.write_figures(acc, out)
     report = {
         "workdir": workdir,
         "out": out,
@@ -178,7 +179,7 @@ def evaluate_run(
         json.dump(report, f, indent=2)
     title = f"P2P evaluation: {os.path.basename(workdir)}, split {split}, step {report['step']}"
     with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(report.markdown_report(summary, figures, title) + "\n")
+        f.write(report_lib.markdown_report(summary, figures, title) + "\n")
     return report
 
 

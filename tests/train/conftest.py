@@ -36,8 +36,7 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
     return tmp_path_factory.mktemp("datasets")
 
 
-@pytest.fixture
-def tiny_config(data_dir):
+def make_tiny_config(data_dir):
     """The default config with `TINY_OVERRIDES` applied and `data_dir` set."""
     from train.configs import default
 
@@ -50,6 +49,24 @@ def tiny_config(data_dir):
         node[leaf] = value
     config.data.data_dir = str(data_dir)
     return config
+
+
+@pytest.fixture
+def tiny_config(data_dir):
+    """A fresh tiny config per test (tests may change it)."""
+    return make_tiny_config(data_dir)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, data_dir) -> pathlib.Path:
+    """One tiny finished training run (1 epoch) shared by the tests that read a run."""
+    from train import train
+
+    config = make_tiny_config(data_dir)
+    config.optim.num_epochs = 1
+    workdir = tmp_path_factory.mktemp("run")
+    train.train_and_evaluate(config, str(workdir))
+    return workdir
 
 
 def overrides_as_flags(data_dir) -> list[str]:

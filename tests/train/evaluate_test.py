@@ -7,29 +7,9 @@ import sys
 
 import pytest
 
-from train import evaluate, train
+from train import evaluate
 
 FIGURES = ("fidelity_curves.png", "gallery.png", "kept_vs_budget.png", "per_class_accuracy.png")
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_dir):
-    from conftest import TINY_OVERRIDES  # the same tiny settings as the other tests
-
-    from train.configs import default
-
-    config = default.get_config()
-    for dotted, value in TINY_OVERRIDES.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    config.data.data_dir = str(data_dir)
-    config.optim.num_epochs = 1
-    workdir = tmp_path_factory.mktemp("run")
-    train.train_and_evaluate(config, str(workdir))
-    return workdir
 
 
 def _command(*args: str) -> subprocess.CompletedProcess:

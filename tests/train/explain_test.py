@@ -9,27 +9,7 @@ from PIL import Image
 
 from grouped_select import explain
 from grouped_select.data.folders import CorruptFileError
-from train import checkpointing, train
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_dir):
-    from conftest import TINY_OVERRIDES  # the same tiny settings as the other tests
-
-    from train.configs import default
-
-    config = default.get_config()
-    for dotted, value in TINY_OVERRIDES.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    config.data.data_dir = str(data_dir)
-    config.optim.num_epochs = 1
-    workdir = tmp_path_factory.mktemp("run")
-    train.train_and_evaluate(config, str(workdir))
-    return workdir
+from train import checkpointing
 
 
 def _image(tmp_path, name, array):
