@@ -83,9 +83,7 @@ def create_optimizer(
     elif o.schedule == "cosine":
         learning_rate = optax.cosine_decay_schedule(o.learning_rate, max(total_steps, 1))
     else:
-        raise ValueError(
-            f"config.optim.schedule={o.schedule!r} must be 'constant' or 'cosine'."
-        )
+        raise ValueError(f"config.optim.schedule={o.schedule!r} must be 'constant' or 'cosine'.")
     if o.weight_decay:
         tx = optax.adamw(learning_rate, weight_decay=o.weight_decay)
     else:

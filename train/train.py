@@ -86,7 +86,7 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def _restore_or_init(config, workdir, ckpt, state, iterator, graphdef):
+def _restore_or_init(config, ckpt, state, iterator, graphdef):
     """big_vision's order: workdir checkpoint, then config.resume, then config.model_init."""
     if ckpt.latest_step() is not None:
         logging.info("Resuming from %s step %d.", ckpt.directory, ckpt.latest_step())
@@ -149,7 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         keep=config.keep_checkpoints,
         save_every_steps=config.checkpoint_every_steps,
     )
-    state, origin = _restore_or_init(config, workdir, ckpt, state, train_iter, graphdef)
+    state, origin = _restore_or_init(config, ckpt, state, train_iter, graphdef)
     state = jax.device_put(state, replicated)
 
     train_fn = jax.jit(
