@@ -85,13 +85,13 @@ def get_config() -> ml_collections.ConfigDict:
     optim.learning_rate = 1e-3
     optim.schedule = "constant"  # or "cosine": decays to 0 over the run
     optim.batch_size = 64  # global, over all processes
-    optim.num_epochs = 60
+    optim.num_epochs = 80
     optim.steps_per_epoch = 0  # 0: dataset size // batch_size
     optim.weight_decay = 0.0
     optim.grad_clip_norm = 0.0  # 0: no clipping
 
     config.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
-    config.eval_every_epochs = 30
+    config.eval_every_epochs = 40
     config.eval_batch_size = 128
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200
