@@ -26,7 +26,13 @@ from grouped_select.data.superpixels import (
     parallel_map,
     slic_fingerprint,
 )
-from grouped_select.data.tfds_common import Builder, example_features, settings_name, stored_example
+from grouped_select.data.tfds_common import (
+    Builder,
+    example_features,
+    prepare,
+    settings_name,
+    stored_example,
+)
 from grouped_select.data.user_builders import (
     TFDS_CATALOG,
     FolderConfig,
@@ -235,12 +241,6 @@ def prepare_shapes(
         compactness=compactness,
         num_regions=num_regions,
     )
-    builder = P2pShapes(
-        # tfds refuses a config object named like a predefined one: pass the name then.
-        config=config.name if config.name in P2pShapes.builder_configs else config,
-        data_dir=os.path.expanduser(os.fspath(data_dir)),
-        file_format="array_record",
-        num_workers=num_workers,
-    )
-    builder.download_and_prepare()
-    return builder
+    # tfds refuses a config object named like a predefined one: pass the name then.
+    predefined = config.name in P2pShapes.builder_configs
+    return prepare(P2pShapes, config.name if predefined else config, data_dir, num_workers)

@@ -14,6 +14,7 @@ passed to tfds as bytes; the array_record writer and reader are TensorFlow-free.
 import hashlib
 import io
 import json
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -97,3 +98,27 @@ def settings_name(prefix: str, settings: dict) -> str:
     """Config name "<prefix>-<8 hex digits of a hash of settings>"."""
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
     return f"{prefix}-{digest[:8]}"
+
+
+def prepare(builder_class, config, data_dir, num_workers: int | None):
+    """Builds `builder_class` with `config` in data_dir as array_record and prepares it.
+
+    Reuses a prepared copy when one is there (the config name hashes every setting).
+
+    Args:
+      builder_class: one of our `Builder` subclasses.
+      config: its builder config (or the name of a predefined one).
+      data_dir: where prepared datasets live (`~` expanded).
+      num_workers: preparation processes (None: all cores).
+
+    Returns:
+      The prepared builder.
+    """
+    builder = builder_class(
+        config=config,
+        data_dir=os.path.expanduser(os.fspath(data_dir)),
+        file_format="array_record",
+        num_workers=num_workers,
+    )
+    builder.download_and_prepare()
+    return builder

@@ -25,7 +25,13 @@ from grouped_select.data.superpixels import (
     parallel_map,
     slic_fingerprint,
 )
-from grouped_select.data.tfds_common import Builder, example_features, settings_name, stored_example
+from grouped_select.data.tfds_common import (
+    Builder,
+    example_features,
+    prepare,
+    settings_name,
+    stored_example,
+)
 
 log = logging.getLogger(__name__)
 
@@ -274,14 +280,7 @@ def prepare_folders(
         compactness=compactness,
         num_regions=num_regions,
     )
-    builder = P2pFolders(
-        config=config,
-        data_dir=os.path.expanduser(os.fspath(data_dir)),
-        file_format="array_record",
-        num_workers=num_workers,
-    )
-    builder.download_and_prepare()
-    return builder
+    return prepare(P2pFolders, config, data_dir, num_workers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,11 +481,4 @@ def prepare_from_tfds(
         compactness=compactness,
         num_regions=num_regions,
     )
-    builder = P2pTfds(
-        config=config,
-        data_dir=os.path.expanduser(os.fspath(data_dir)),
-        file_format="array_record",
-        num_workers=num_workers,
-    )
-    builder.download_and_prepare()
-    return builder
+    return prepare(P2pTfds, config, data_dir, num_workers)
