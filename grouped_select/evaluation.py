@@ -300,6 +300,10 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+# What `EvalAccumulator` keeps per example (`EvalAccumulator.column`).
+EXAMPLE_COLUMNS = ("label", "probs", "budget", "kept_pixels", "kept_fraction", "confident")
+
+
 class EvalAccumulator:
     """Adds `BatchResults` over a split on the host and summarises them.
 
@@ -339,9 +343,7 @@ class EvalAccumulator:
         self.mask_precision_sum = 0.0
         self.mask_iou_sum = 0.0
         self.mask_count = 0
-        self._columns: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("label", "probs", "budget", "kept_pixels", "kept_fraction", "confident")
-        }
+        self._columns: dict[str, list[np.ndarray]] = {k: [] for k in EXAMPLE_COLUMNS}
         self.gallery: list[GalleryExample] = []
 
     def update(

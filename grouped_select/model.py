@@ -48,6 +48,13 @@ class EvalOutputs(NamedTuple):
     kept_pixels: jax.Array
 
 
+def _classify(classifier: nnx.Module, images: jax.Array) -> jax.Array:
+    """[..., B, H, W, 3] -> [..., B, C] float32 logits, leading axes folded into one batch."""
+    lead = images.shape[:-3]
+    logits = classifier(images.reshape(-1, *images.shape[-3:]))
+    return logits.reshape(*lead, logits.shape[-1]).astype(jnp.float32)
+
+
 class P2P(nnx.Module):
     """Selector + masking + classifier.
 
@@ -84,9 +91,7 @@ class P2P(nnx.Module):
         Returns:
           [..., B, C] float32 logits (the leading axes are folded into one classifier batch).
         """
-        lead = images.shape[:-3]
-        logits = self.classifier(images.reshape(-1, *images.shape[-3:]))
-        return logits.reshape(*lead, logits.shape[-1]).astype(jnp.float32)
+        return _classify(self.classifier, images)
 
     def train_forward(
         self,
@@ -176,3 +181,31 @@ class P2P(nnx.Module):
         """
         scores = self.selector(x, region_ids, num_regions, budget)
         return self.classify_selection(x, region_ids, scores)
+
+
+class BlackBox(nnx.Module):
+    """The classifier alone, on full images: the baseline P2P's accuracy is compared with,
+    and the model that post-hoc saliency (`grouped_select.saliency`) explains.
+
+    Attributes:
+      classifier: module mapping [N, H, W, 3] images to [N, num_classes] logits.
+      fill_value: per-channel value of a removed pixel (saliency baselines and masking).
+    """
+
+    def __init__(
+        self,
+        classifier: nnx.Module,
+        *,
+        fill_value: tuple[float, ...] = tuple(selection.black_value().tolist()),
+    ):
+        """Wraps `classifier`; `fill_value` as in `P2P`."""
+        self.classifier = classifier
+        self.fill_value = tuple(float(v) for v in fill_value)
+
+    def classify(self, images: jax.Array) -> jax.Array:
+        """[..., B, H, W, 3] images -> [..., B, C] float32 logits."""
+        return _classify(self.classifier, images)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """[B, H, W, 3] normalised images -> [B, C] float32 logits."""
+        return self.classify(images)

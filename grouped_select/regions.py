@@ -187,3 +187,21 @@ def kept_fraction(region_probs: ArrayLike, sizes: ArrayLike) -> jax.Array:
     sizes = jnp.asarray(sizes, jnp.float32)
     probs = jnp.asarray(region_probs).astype(jnp.float32)
     return jnp.sum(probs * sizes, axis=-1) / jnp.sum(sizes, axis=-1)
+
+
+def pixel_region_ids(batch: int, height: int, width: int) -> jax.Array:
+    """Every pixel its own region: ids [B, H, W] = row * W + column, K = H * W.
+
+    The paper's pixel-level ablation (selection without superpixel grouping) and post-hoc
+    pixel saliency run through the same region code with these ids.
+
+    Args:
+      batch: B.
+      height: H.
+      width: W.
+
+    Returns:
+      [B, H, W] int32 ids in [0, H * W).
+    """
+    ids = jnp.arange(height * width, dtype=jnp.int32).reshape(height, width)
+    return jnp.broadcast_to(ids, (batch, height, width))

@@ -10,7 +10,7 @@ from grouped_select.backbones.small import (
     SmallSelectorBackbone,
     small_vit_classifier,
 )
-from grouped_select.model import P2P
+from grouped_select.model import P2P, BlackBox
 from grouped_select.selector import Selector
 
 SELECTORS = ("small", "lraspp_mobilenet_v3_large")
@@ -55,8 +55,8 @@ def create_classifier(
     raise ValueError(f"config.model.classifier={name!r} is not one of {CLASSIFIERS}.")
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int) -> P2P:
-    """The P2P model described by `config.model`, with random weights.
+def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int) -> P2P | BlackBox:
+    """The model described by `config.model`, with random weights.
 
     Args:
       config: the full training config.
@@ -64,9 +64,19 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
       seed: initialisation seed.
 
     Returns:
-      A `P2P` module in training mode.
+      A `P2P` module in training mode, or the `BlackBox` classifier alone when
+      `config.model.kind` is "black_box".
     """
     rngs = nnx.Rngs(seed)
+    if config.model.kind == "black_box":
+        classifier = create_classifier(
+            config.model.classifier,
+            num_classes,
+            image_size=config.data.image_size,
+            patch_size=config.model.patch_size,
+            rngs=rngs,
+        )
+        return BlackBox(classifier)
     backbone = create_selector_backbone(
         config.model.selector, low_stride=config.model.selector_stride, rngs=rngs
     )

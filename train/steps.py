@@ -48,6 +48,8 @@ class StepSettings:
     num_regions: int
     num_epochs: int
     steps_per_epoch: int
+    model_kind: str = "p2p"
+    pixel_regions: bool = False
     dynamic_budget: bool = True
     fixed_budget: float = 0.2
     min_budget: float = 0.05
@@ -66,6 +68,8 @@ class StepSettings:
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MODEL_KINDS = ("p2p", "black_box")
+REGION_KINDS = ("superpixels", "pixels")
 
 
 def create_optimizer(
@@ -100,10 +104,17 @@ def step_settings(config: ml_collections.ConfigDict, steps_per_epoch: int) -> St
         raise ValueError(
             f"config.compute_dtype={config.compute_dtype!r} must be one of {sorted(DTYPES)}."
         )
+    if config.model.kind not in MODEL_KINDS:
+        raise ValueError(f"config.model.kind={config.model.kind!r} must be one of {MODEL_KINDS}.")
+    if p.regions not in REGION_KINDS:
+        raise ValueError(f"config.p2p.regions={p.regions!r} must be one of {REGION_KINDS}.")
+    pixel_regions = p.regions == "pixels"
     return StepSettings(
-        num_regions=config.data.num_regions,
+        num_regions=config.data.image_size**2 if pixel_regions else config.data.num_regions,
         num_epochs=config.optim.num_epochs,
         steps_per_epoch=steps_per_epoch,
+        model_kind=config.model.kind,
+        pixel_regions=pixel_regions,
         dynamic_budget=p.dynamic_budget,
         fixed_budget=p.fixed_budget,
         min_budget=p.min_budget,
@@ -189,6 +200,9 @@ def train_step(
       (new state, scalar metrics).
     """
     s = settings
+    if s.model_kind == "black_box":
+        return _black_box_train_step(state, batch, graphdef, optimizer, s)
+    batch = with_region_ids(batch, s)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     key_budget, key_model = jax.random.split(key)
     temperature, sparsity_weight = schedules(state.step, s)
@@ -255,6 +269,44 @@ def train_step(
     return new_state, step_metrics
 
 
+def with_region_ids(batch: dict[str, jax.Array], settings: StepSettings) -> dict[str, jax.Array]:
+    """The batch with the region ids the model uses: the superpixels, or one region per
+    pixel (`config.p2p.regions = "pixels"`, the paper's pixel-level ablation)."""
+    if not settings.pixel_regions:
+        return batch
+    return {**batch, "region_ids": regions.pixel_region_ids(*batch["region_ids"].shape)}
+
+
+def _black_box_train_step(state, batch, graphdef, optimizer, s: StepSettings):
+    """`train_step` of the black-box baseline: cross-entropy on full images."""
+    images, labels = batch["image"].astype(s.compute_dtype), batch["label"]
+
+    def loss_fn(params, rest):
+        model = nnx.merge(graphdef, cast_floating(params, s.compute_dtype), rest, copy=True)
+        logits = model.classify(images)
+        _, _, rest = nnx.split(model, nnx.Param, ...)
+        return objective.cross_entropy(logits, labels), (logits, rest)
+
+    (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.rest
+    )
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    step_metrics = {
+        "loss": loss,
+        "cross_entropy": loss,
+        "accuracy": metrics.correct(logits, labels).mean(),
+        "kept_fraction": jnp.float32(1.0),
+        "grad_norm": optax.tree.norm(grads),
+    }
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        rest=_keep_dtypes(rest, state.rest),
+        opt_state=opt_state,
+    )
+    return new_state, step_metrics
+
+
 def _keep_dtypes(new, old):
     # BatchNorm statistics updated from bfloat16 activations stay in their stored dtype.
     return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
@@ -287,7 +339,8 @@ def eval_step(
     """Metric sums on one evaluation batch.
 
     Dynamic-budget models are evaluated at every certainty δ (one classifier sweep over the
-    budget grid serves them all) and at τ = 1; fixed-budget models with their hard mask.
+    budget grid serves them all) and at τ = 1; fixed-budget models with their hard mask; the
+    black box on full images (group "full").
 
     Args:
       params, rest: model state (evaluation-mode `graphdef`).
@@ -303,6 +356,9 @@ def eval_step(
     images = batch["image"].astype(s.compute_dtype)
     weight = batch["valid"].astype(jnp.float32)
     out: dict[str, jax.Array] = {}
+    if s.model_kind == "black_box":
+        return _prefixed("full", _full_image_sums(model.classify(images), batch, weight))
+    batch = with_region_ids(batch, s)
     if not s.dynamic_budget:
         result = model.eval_forward(images, batch["region_ids"], num_regions=s.num_regions)
         out.update(_prefixed("fixed", _per_image(result, batch, weight)))
@@ -322,6 +378,21 @@ def eval_step(
         sums["budget"] = jnp.sum(search.budget * weight)
         out.update(_prefixed(f"certainty_{certainty}", sums))
     return out
+
+
+def _full_image_sums(logits, batch, weight) -> dict[str, jax.Array]:
+    """`_per_image` for a classifier that sees every pixel (kept fraction 1)."""
+    overlap = metrics.mask_overlap(jnp.ones_like(batch["mask"]), batch["mask"])
+    has_mask = batch["has_mask"].astype(jnp.float32) * weight
+    return {
+        "correct": jnp.sum(metrics.correct(logits, batch["label"]) * weight),
+        "kept_pixels": jnp.sum(weight),
+        "kept_fraction": jnp.sum(weight),
+        "mask_precision": jnp.sum(overlap["precision"] * has_mask),
+        "mask_iou": jnp.sum(overlap["iou"] * has_mask),
+        "count": jnp.sum(weight),
+        "mask_count": jnp.sum(has_mask),
+    }
 
 
 def _prefixed(prefix: str, values: dict[str, jax.Array]) -> dict[str, jax.Array]:

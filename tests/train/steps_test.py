@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from train import models, steps
@@ -134,3 +136,59 @@ def test_paper_backbones_train_and_update_batchnorm_statistics(tiny_config):
         lambda a, b: not np.allclose(a, b), before, jax.tree.map(np.asarray, new_state.rest)
     )
     assert sum(jax.tree.leaves(changed)) > 10  # running means/variances moved
+
+
+def test_black_box_step_is_cross_entropy_on_full_images(tiny_config):
+    """The baseline trains the classifier alone: its loss is the full-image cross-entropy,
+    its gradient that of the classifier, and evaluation reports the "full" group."""
+    tiny_config.model.kind = "black_box"
+    model, graphdef, state, optimizer, settings = _setup(tiny_config, optax.sgd(1.0))
+    assert set(nnx.state(model).keys()) == {"classifier"}  # no selector
+    batch = _batch(4)
+    logits = model(jnp.asarray(batch["image"]))
+    want_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    step = jax.jit(
+        functools.partial(
+            steps.train_step, graphdef=graphdef, optimizer=optimizer, settings=settings
+        )
+    )
+    new_state, metrics = step(state, batch)
+    np.testing.assert_allclose(metrics["loss"], want_loss, rtol=1e-5)
+    assert float(metrics["kept_fraction"]) == 1.0
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new_state.params, state.params)
+    assert max(jax.tree.leaves(moved)) > 1e-5
+
+    eval_def = steps.eval_graphdef(model)
+    sums = jax.jit(functools.partial(steps.eval_step, graphdef=eval_def, settings=settings))(
+        state.params, state.rest, batch
+    )
+    summary = steps.summarize({k: float(v) for k, v in sums.items()})
+    valid = batch["valid"]
+    correct = np.argmax(logits, -1)[valid] == batch["label"][valid]
+    np.testing.assert_allclose(summary["full/accuracy"], correct.mean(), rtol=1e-6)
+    np.testing.assert_allclose(summary["full/kept_pixels"], 1.0)
+    # Keeping every pixel: precision is the object's share of the image.
+    np.testing.assert_allclose(
+        summary["full/mask_precision"], batch["mask"][valid].mean(axis=(1, 2)).mean(), rtol=1e-5
+    )
+
+
+def test_pixel_level_selection_has_one_region_per_pixel(tiny_config):
+    tiny_config.p2p.regions = "pixels"
+    model, graphdef, state, optimizer, settings = _setup(tiny_config)
+    assert settings.num_regions == SIZE * SIZE
+    batch = _batch(5)
+    ids = steps.with_region_ids(jax.tree.map(jnp.asarray, batch), settings)["region_ids"]
+    np.testing.assert_array_equal(ids[2], np.arange(SIZE * SIZE).reshape(SIZE, SIZE))
+    final, metrics = _run_steps(jax.devices()[:1], graphdef, state, optimizer, settings, 1)
+    assert np.isfinite(metrics["loss"])
+    eval_def = steps.eval_graphdef(model)
+    sums = jax.jit(functools.partial(steps.eval_step, graphdef=eval_def, settings=settings))(
+        final.params, final.rest, batch
+    )
+    summary = steps.summarize({k: float(v) for k, v in sums.items()})
+    # A pixel region's hard mask keeps whole pixels: kept pixels = kept regions / (H W).
+    assert 0.0 <= summary["certainty_0.9/kept_pixels"] <= 1.0
+    tiny_config.p2p.regions = "patches"
+    with pytest.raises(ValueError, match="config.p2p.regions='patches'"):
+        steps.step_settings(tiny_config, steps_per_epoch=4)

@@ -52,6 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Networks. selector: "small" or "lraspp_mobilenet_v3_large"; classifier: "small_cnn",
     # "small_vit", "vit_ti", "vit_s", "vit_b", "resnet18", "resnet34".
     model = config.model = ml_collections.ConfigDict()
+    # "p2p", or "black_box": the classifier alone on full images (the baseline; no selector).
+    model.kind = "p2p"
     model.selector = "small"
     model.selector_stride = 2  # "small" selector: stride of its feature maps (2, 4 or 8)
     model.classifier = "small_cnn"
@@ -63,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
     p2p = config.p2p = ml_collections.ConfigDict()
     p2p.dynamic_budget = True  # False: the fixed-budget variant (τ = fixed_budget)
     p2p.fixed_budget = 0.2
+    # "superpixels" (SLIC ids), or "pixels": every pixel its own region, K = image_size² (the
+    # paper's pixel-level ablation; data.num_regions is then unused).
+    p2p.regions = "superpixels"
     p2p.min_budget = 0.05  # training samples τ ~ U(min_budget, 1)
     p2p.sparsity = "kl"  # "kl" or "l1"
     p2p.sparsity_weight = 10.0  # λ₁
