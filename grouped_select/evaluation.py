@@ -37,6 +37,7 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from grouped_select import budget as budget_lib
+from grouped_select import budget_head as budget_head_lib
 from grouped_select import metrics, regions, selection
 from grouped_select.model import P2P
 
@@ -160,6 +161,7 @@ def evaluate_batch(
     budget_step: float = 0.05,
     grid_chunk: int | None = None,
     fraction_chunk: int | None = None,
+    budget_head: budget_head_lib.BudgetHead | None = None,
 ) -> BatchResults:
     """Evaluates one batch (jittable; the model in evaluation mode).
 
@@ -177,12 +179,19 @@ def evaluate_batch(
       budget_step: the search's grid step.
       grid_chunk: the search classifies this many budgets at once (None: all).
       fraction_chunk: fidelity classifies this many fractions at once (None: all).
+      budget_head: one-pass inference: τ from this fitted head instead of the search
+        (`certainty` is then ignored; `confident` is False).
 
     Returns:
       `BatchResults`.
     """
     batch = images.shape[0]
-    if certainty is None:
+    if budget_head is not None:
+        outputs, budget = budget_head_lib.one_pass_forward(
+            model, budget_head, images, region_ids, num_regions=num_regions
+        )
+        confident = jnp.zeros((batch,), bool)
+    elif certainty is None:
         outputs = model.eval_forward(images, region_ids, num_regions=num_regions)
         budget = jnp.full((batch,), fixed_budget, jnp.float32)
         confident = jnp.zeros((batch,), bool)
@@ -240,24 +249,27 @@ def evaluate_batch(
     )
 
 
-def batch_evaluator(model: P2P, **settings: Any) -> Callable[..., BatchResults]:
+def batch_evaluator(
+    model: P2P, budget_head: budget_head_lib.BudgetHead | None = None, **settings: Any
+) -> Callable[..., BatchResults]:
     """`evaluate_batch` under `jax.jit`, with the model's state as an argument (not a constant).
 
     Args:
       model: the `P2P` model in evaluation mode; place its state (e.g. replicated over a mesh)
         before calling this.
-      **settings: the keyword arguments of `evaluate_batch` (static).
+      budget_head: optional fitted `BudgetHead` (one-pass inference; its state is an argument
+        too).
+      **settings: the other keyword arguments of `evaluate_batch` (static).
 
     Returns:
       `fn(images [B, H, W, 3], region_ids [B, H, W], object_mask [B, H, W]) -> BatchResults`.
     """
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split((model, budget_head))
 
     @jax.jit
     def run(state, images, region_ids, object_mask):
-        return evaluate_batch(
-            nnx.merge(graphdef, state), images, region_ids, object_mask, **settings
-        )
+        model, head = nnx.merge(graphdef, state)
+        return evaluate_batch(model, images, region_ids, object_mask, budget_head=head, **settings)
 
     return lambda images, region_ids, object_mask: run(state, images, region_ids, object_mask)
 

@@ -57,6 +57,12 @@ _MATCH_KEPT = flags.DEFINE_string(
     "Black-box runs: keep per image as many pixels as the evaluation in this folder did "
     "(its examples.npz; same split). Overrides --kept_fraction.",
 )
+_ONE_PASS = flags.DEFINE_bool(
+    "one_pass",
+    False,
+    "Dynamic-budget runs: τ from the budget head fitted by train/budget_head.py (one "
+    "classifier pass) instead of the search.",
+)
 _IG_STEPS = flags.DEFINE_integer("ig_steps", 32, "Integrated gradients: path points.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -79,6 +85,7 @@ def main(argv):
             kept_fraction=_KEPT_FRACTION.value,
             match_kept=_MATCH_KEPT.value,
             ig_steps=_IG_STEPS.value,
+            one_pass=_ONE_PASS.value,
         )
     except RunError as e:
         sys.exit(f"evaluate.py: error: {e}")

@@ -29,11 +29,17 @@ def create_selector_backbone(name: str, *, low_stride: int = 8, rngs: nnx.Rngs) 
 
 
 def create_classifier(
-    name: str, num_classes: int, *, image_size: int, patch_size: int, rngs: nnx.Rngs
+    name: str,
+    num_classes: int,
+    *,
+    image_size: int,
+    patch_size: int,
+    widths: tuple[int, ...] = (32, 64, 128),
+    rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """The classifier called `name` (one of `CLASSIFIERS`)."""
+    """The classifier called `name` (one of `CLASSIFIERS`); `widths`: "small_cnn" only."""
     if name == "small_cnn":
-        return SmallCNNClassifier(num_classes, rngs=rngs)
+        return SmallCNNClassifier(num_classes, widths=tuple(widths), rngs=rngs)
     if name == "small_vit":
         return small_vit_classifier(
             num_classes, image_size=image_size, patch_size=patch_size, rngs=rngs
@@ -74,6 +80,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
             num_classes,
             image_size=config.data.image_size,
             patch_size=config.model.patch_size,
+            widths=config.model.classifier_widths,
             rngs=rngs,
         )
         return BlackBox(classifier)
@@ -91,6 +98,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
         num_classes,
         image_size=config.data.image_size,
         patch_size=config.model.patch_size,
+        widths=config.model.classifier_widths,
         rngs=rngs,
     )
     return P2P(selector, classifier)

@@ -32,6 +32,7 @@ def evaluate_run(
     kept_fraction: float = 1.0,
     match_kept: str | None = None,
     ig_steps: int = 32,
+    one_pass: bool = False,
 ) -> dict:
     """Evaluates a run's latest checkpoint on a split and writes the report.
 
@@ -50,6 +51,9 @@ def evaluate_run(
       match_kept: black-box runs: a folder with another evaluation's examples.npz of this
         split; keep per image as many pixels as it did (overrides `kept_fraction`).
       ig_steps: integrated gradients' path points.
+      one_pass: dynamic-budget runs: τ from the run's fitted budget head
+        (`train/budget_head.py`) instead of the search; default output folder
+        <workdir>/eval_<split>_one_pass.
 
     Returns:
       The report (what report.json holds).
@@ -108,6 +112,17 @@ def evaluate_run(
     )
     model = _replicated(model, NamedSharding(mesh, PartitionSpec()))
     size = config.data.image_size
+    head = None
+    if one_pass:
+        if not dynamic:
+            raise RunError("--one_pass needs a dynamic-budget P2P run.")
+        from train import one_pass as one_pass_lib
+
+        try:
+            head = one_pass_lib.load_head(workdir)
+        except FileNotFoundError as e:
+            raise RunError(str(e)) from e
+        head = _replicated(head, NamedSharding(mesh, PartitionSpec()))
     if black_box:
         explain = saliency_lib.saliency_evaluator(
             model,
@@ -120,6 +135,7 @@ def evaluate_run(
     else:
         evaluate = evaluation.batch_evaluator(
             model,
+            budget_head=head,
             num_regions=size * size if pixel_regions else config.data.num_regions,
             certainty=certainty if dynamic else None,
             fixed_budget=config.p2p.fixed_budget,
@@ -166,7 +182,8 @@ def evaluate_run(
         raise RunError(f"split {split!r} has no examples.")
     seconds = time.perf_counter() - start
 
-    out = os.path.abspath(out or os.path.join(workdir, f"eval_{split}"))
+    suffix = "_one_pass" if one_pass else ""
+    out = os.path.abspath(out or os.path.join(workdir, f"eval_{split}{suffix}"))
     os.makedirs(out, exist_ok=True)
     summary = acc.summary()
     figures = report_lib.write_figures(acc, out)
@@ -185,6 +202,7 @@ def evaluate_run(
             "num_regions": size * size if pixel_regions else config.data.num_regions,
             "saliency": saliency if black_box else None,
             "kept_fraction_target": float(kept_target.mean()) if black_box else None,
+            "one_pass": one_pass,
         },
         **summary,
         "figures": figures,

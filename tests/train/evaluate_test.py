@@ -92,3 +92,20 @@ def test_clear_errors(run_dir, tmp_path):
         evaluate.evaluate_run(str(run_dir), certainty=1.5, progress=False)
     with pytest.raises(evaluate.RunError, match="curve_step"):
         evaluate.evaluate_run(str(run_dir), curve_step=0.3, progress=False)
+
+
+def test_budget_head_is_fitted_measured_and_used_by_evaluate(run_dir, tmp_path):
+    from train import one_pass
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    with pytest.raises(evaluate.RunError, match="train/budget_head.py"):
+        evaluate.evaluate_run(str(run), one_pass=True, progress=False)
+    report = one_pass.fit_and_measure(str(run), certainty=0.9, epochs=5)
+    assert report["count"] == 16
+    assert 0.0 <= report["budget_mean_abs_error"] <= 1.0
+    assert json.loads((run / "budget_head.json").read_text()) == report
+    evaluated = evaluate.evaluate_run(str(run), one_pass=True, progress=False)
+    assert evaluated["out"].endswith("eval_test_one_pass")
+    assert evaluated["accuracy"] == pytest.approx(report["one_pass"]["accuracy"])
+    assert evaluated["kept_pixels"] == pytest.approx(report["one_pass"]["kept_pixels"], abs=1e-6)

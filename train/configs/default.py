@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.selector = "small"
     model.selector_stride = 2  # "small" selector: stride of its feature maps (2, 4 or 8)
     model.classifier = "small_cnn"
+    model.classifier_widths = (32, 64, 128)  # "small_cnn": channels of its stages
     model.num_outputs = 4  # 1 keep-logit + 3 embedding dims
     model.patch_size = 8  # ViT classifiers
     model.pool_method = "auto"  # "segment_sum", "one_hot" or "auto"
