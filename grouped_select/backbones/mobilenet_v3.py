@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from grouped_select.backbones.depthwise import depthwise_conv
+
 # torchvision initialises every conv with kaiming_normal_(mode="fan_out").
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -150,10 +152,24 @@ class ConvBNAct(nnx.Module):
             rngs=rngs,
         )
         self.activation = activation
+        # Depthwise convs go through `depthwise_conv` (fast on CPU); parameters stay those of
+        # `nnx.Conv`, so checkpoints and converted weights do not depend on the backend.
+        self.depthwise = groups == in_channels == out_channels and groups > 1
+        self.stride, self.dilation, self.pad = stride, dilation, pad
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, H, W, C_in] -> [B, H', W', C_out]."""
-        return _ACTIVATIONS[self.activation](self.bn(self.conv(x)))
+        if self.depthwise:
+            y = depthwise_conv(
+                x,
+                self.conv.kernel[...],
+                stride=self.stride,
+                dilation=self.dilation,
+                padding=self.pad,
+            )
+        else:
+            y = self.conv(x)
+        return _ACTIVATIONS[self.activation](self.bn(y))
 
 
 class SqueezeExcitation(nnx.Module):

@@ -1,0 +1,48 @@
+"""The shifted-sum depthwise convolution equals XLA's grouped convolution, with gradients."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from grouped_select.backbones.depthwise import depthwise_conv
+
+# (kernel, stride, dilation) as in MobileNetV3-Large (dilated), padding (k - 1) // 2 * d.
+CASES = [(3, 1, 1), (3, 2, 1), (5, 2, 1), (5, 1, 2), (3, 1, 2)]
+
+
+@pytest.mark.parametrize("k,stride,dilation", CASES)
+def test_values_and_gradients_match_the_grouped_convolution(k, stride, dilation):
+    x = jax.random.normal(jax.random.key(0), (2, 13, 11, 6))  # odd sizes exercise the borders
+    kernel = jax.random.normal(jax.random.key(1), (k, k, 1, 6))
+    pad = (k - 1) // 2 * dilation
+
+    def run(method):
+        def f(x, kernel):
+            y = depthwise_conv(
+                x, kernel, stride=stride, dilation=dilation, padding=pad, method=method
+            )
+            return jnp.sum(jnp.sin(y)), y
+
+        (_, y), grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(x, kernel)
+        return y, grads
+
+    y_conv, grads_conv = run("conv")
+    y_shift, grads_shift = run("shifted_sum")
+    chex.assert_equal_shape([y_conv, y_shift])
+    np.testing.assert_allclose(y_shift, y_conv, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(grads_shift, grads_conv, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_and_method_choice():
+    x = jax.random.normal(jax.random.key(2), (1, 8, 8, 4)).astype(jnp.bfloat16)
+    kernel = jax.random.normal(jax.random.key(3), (3, 3, 4))
+    y = depthwise_conv(x, kernel.astype(jnp.bfloat16), padding=1, method="shifted_sum")
+    assert y.dtype == jnp.bfloat16
+    want = depthwise_conv(x.astype(jnp.float32), kernel, padding=1, method="conv")
+    np.testing.assert_allclose(y.astype(jnp.float32), want, rtol=0.05, atol=0.1)
+    auto = depthwise_conv(x.astype(jnp.float32), kernel, padding=1)
+    np.testing.assert_allclose(auto, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="method"):
+        depthwise_conv(x, kernel, method="fft")
