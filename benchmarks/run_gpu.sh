@@ -15,4 +15,7 @@ python3 benchmarks/train_step.py --out "$out/train_step.json" > "$out/train_step
 tail -n 3 "$out/train_step.log"
 python3 benchmarks/eval_search.py --out "$out/eval_search.json" > "$out/eval_search.log" 2>&1 || status=1
 tail -n 3 "$out/eval_search.log"
+# Is the CPU's shifted-sum depthwise conv also faster than cuDNN's at batch 64?
+python3 benchmarks/depthwise.py --batch 64 --out "$out/depthwise.json" > "$out/depthwise.log" 2>&1 || status=1
+grep -A5 '"totals"' "$out/depthwise.log"
 exit $status

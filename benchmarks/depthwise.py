@@ -1,0 +1,76 @@
+"""Depthwise convolution at MobileNetV3-Large's shapes: XLA's grouped conv vs the shifted sum.
+
+    python benchmarks/depthwise.py [--batch 4 --size 224]
+
+Forward and forward + backward of each of `grouped_select.backbones.depthwise.depthwise_conv`'s
+methods, on the depthwise layers of the dilated MobileNetV3-Large at `--size` input.
+"""
+
+import argparse
+import functools
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import time_fn, write_json  # noqa: E402
+from grouped_select.backbones.depthwise import depthwise_conv  # noqa: E402
+from grouped_select.backbones.mobilenet_v3 import large_block_configs  # noqa: E402
+
+
+def layer_shapes(size: int) -> list[tuple[int, int, int, int, int]]:
+    """(input side, channels, kernel, stride, dilation) of every depthwise layer."""
+    side, shapes = size // 2, []  # after the stride-2 stem
+    for cfg in large_block_configs(dilated=True):
+        stride = 1 if cfg.dilation > 1 else cfg.stride
+        shapes.append((side, cfg.expanded, cfg.kernel, stride, cfg.dilation))
+        side = -(-side // stride)
+    return shapes
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    rows, totals = [], {}
+    for side, channels, k, stride, dilation in layer_shapes(args.size):
+        x = jax.random.normal(jax.random.key(0), (args.batch, side, side, channels))
+        kernel = jax.random.normal(jax.random.key(1), (k, k, channels))
+        row = {"side": side, "channels": channels, "kernel": k, "stride": stride}
+        row["dilation"] = dilation
+        for method in ("conv", "shifted_sum"):
+            f = functools.partial(
+                depthwise_conv,
+                stride=stride,
+                dilation=dilation,
+                padding=(k - 1) // 2 * dilation,
+                method=method,
+            )
+            forward = jax.jit(f)
+            both = jax.jit(jax.grad(lambda x, kernel, f=f: jnp.sum(f(x, kernel)), (0, 1)))
+            for name, fn in (("forward", forward), ("forward_backward", both)):
+                ms = 1e3 * time_fn(fn, x, kernel, repeats=args.repeats, inner=3)["median_s"]
+                row[f"{method}/{name}_ms"] = ms
+                totals[f"{method}/{name}_ms"] = totals.get(f"{method}/{name}_ms", 0.0) + ms
+        rows.append(row)
+    write_json(
+        {
+            "benchmark": "depthwise",
+            "batch": args.batch,
+            "size": args.size,
+            "layers": rows,
+            "totals": totals,
+        },
+        args.out,
+        "depthwise.json",
+    )
+
+
+if __name__ == "__main__":
+    main()
