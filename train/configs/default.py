@@ -71,7 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
     p2p.regions = "superpixels"
     p2p.min_budget = 0.05  # training samples τ ~ U(min_budget, 1)
     p2p.sparsity = "kl"  # "kl" or "l1"
-    p2p.sparsity_weight = 10.0  # λ₁
+    # λ₁. The paper's 10 (train/configs/paper.py); 20 on the built-in benchmark, where it
+    # drops more background: δ = 0.9 mask precision 0.674 -> 0.758 at about the same accuracy.
+    p2p.sparsity_weight = 20.0
     p2p.anneal_sparsity = True
     # Epochs with λ₁ = 0 before the λ₁ and temperature schedules start (they then run over
     # the remaining epochs; capped at num_epochs - 1); 0 is the paper's schedule. The built-in
