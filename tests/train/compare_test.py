@@ -80,3 +80,37 @@ def test_clear_errors(comparison, data_dir, tmp_path):
         run_evaluation.evaluate_run(
             str(workdir / "black_box"), match_kept=str(tmp_path), progress=False
         )
+
+
+def test_command_writes_the_table(comparison, data_dir):
+    import subprocess
+    import sys
+
+    from conftest import REPO, overrides_as_flags
+
+    workdir, reports = comparison
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train" / "compare.py"),
+            f"--workdir={workdir}",
+            "--variants=p2p,black_box",
+            *overrides_as_flags(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (workdir / "comparison.md").read_text()
+    assert "P2P (dynamic budget, δ = 0.9)" in table and "black box (full image)" in table
+    assert f"{reports['p2p']['accuracy']:.3f}" in table
+    saved = json.loads((workdir / "comparison.json").read_text())
+    assert set(saved) == {"p2p", "black_box"}
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "train" / "compare.py"), "--variants=lime"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode != 0 and "unknown ['lime']" in bad.stderr
