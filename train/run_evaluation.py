@@ -1,5 +1,5 @@
 """`evaluate_run`: evaluates a trained run on a split and writes its report (the body of
-`train/evaluate.py`, importable without its command-line flags, e.g. by `train/compare.py`).
+`train/evaluate.py`, importable without its command-line flags, e.g. by `train/comparison.py`).
 """
 
 import json

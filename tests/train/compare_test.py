@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import make_tiny_config
 
-from train import compare, run_evaluation
+from train import comparison as compare
+from train import run_evaluation
 
 
 @pytest.fixture(scope="module")
