@@ -5,8 +5,10 @@ selector's own features, globally averaged, and predicts the searched τ* direct
 inference runs the selector once and the classifier once (`one_pass_forward`).
 
 Target and training (`train/budget_head.py`): τ* is the search's choice at a certainty δ on
-the training images of the finished model; the head is fitted by least squares on
-(features, τ*) pairs with the P2P model frozen. This is the "searched τ on the training batch"
+the training images of the finished model; the head is fitted on (features, τ*) pairs with
+the P2P model frozen, by the pinball loss at a quantile q (`head_loss`; q = 0.8 by default:
+erring towards larger budgets costs kept fraction, towards smaller ones accuracy) or by
+least squares. This is the "searched τ on the training batch"
 target computed once at the end instead of every few steps during training: the head reads
 features through a stop-gradient either way (it must not change the selector), and fitted
 after training its targets come from the final model rather than from earlier, different
@@ -97,6 +99,23 @@ def one_pass_forward(
     return outputs, budget
 
 
-def head_loss(head: BudgetHead, features: jax.Array, target: jax.Array) -> jax.Array:
-    """Mean squared error between τ̂ and the searched τ* ([B] each)."""
-    return jnp.mean((head(features) - target) ** 2)
+def head_loss(
+    head: BudgetHead, features: jax.Array, target: jax.Array, quantile: float | None = None
+) -> jax.Array:
+    """How far τ̂ = head(features) is from the searched τ* ([B] each).
+
+    Args:
+      head: the head.
+      features: [B, F] pooled features.
+      target: [B] searched budgets τ*.
+      quantile: None for the mean squared error; q in (0, 1) for the pinball loss, whose
+        minimiser is the q-quantile of τ* given the features: q > 0.5 errs towards larger
+        budgets, which cost kept fraction, rather than smaller ones, which cost accuracy.
+
+    Returns:
+      scalar loss.
+    """
+    error = target - head(features)
+    if quantile is None:
+        return jnp.mean(error**2)
+    return jnp.mean(jnp.maximum(quantile * error, (quantile - 1.0) * error))

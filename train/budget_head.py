@@ -26,6 +26,12 @@ _CERTAINTY = flags.DEFINE_float("certainty", 0.9, "δ of the search whose τ the
 _HIDDEN = flags.DEFINE_integer("hidden", 64, "Hidden units of the head.")
 _EPOCHS = flags.DEFINE_integer("epochs", 100, "Passes over the training features.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 3e-3, "Adam learning rate.")
+_QUANTILE = flags.DEFINE_float(
+    "quantile",
+    0.8,
+    "Pinball-loss quantile q of τ* the head predicts (higher: larger budgets, more accuracy, "
+    "more kept); 0 for least squares.",
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -40,6 +46,7 @@ def main(argv):
             hidden=_HIDDEN.value,
             epochs=_EPOCHS.value,
             learning_rate=_LEARNING_RATE.value,
+            quantile=_QUANTILE.value or None,
         )
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"budget_head.py: error: {e}")

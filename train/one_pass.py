@@ -47,8 +47,17 @@ def _one_pass(model, head, num_regions):
     return lambda images, ids: run(state, images, ids)
 
 
-def fit_head(features, targets, *, hidden: int, epochs: int, learning_rate: float, seed: int):
-    """Least-squares fit of a `BudgetHead` on (features [N, F], τ* [N]); returns the head."""
+def fit_head(
+    features,
+    targets,
+    *,
+    hidden: int,
+    epochs: int,
+    learning_rate: float,
+    seed: int,
+    quantile: float | None = None,
+):
+    """Fits a `BudgetHead` on (features [N, F], τ* [N]) by `head_loss`; returns the head."""
     import jax.numpy as jnp
     import numpy as np
     import optax
@@ -62,7 +71,7 @@ def fit_head(features, targets, *, hidden: int, epochs: int, learning_rate: floa
 
     @nnx.jit
     def step(head, optimizer, x, y):
-        loss, grads = nnx.value_and_grad(head_loss)(head, x, y)
+        loss, grads = nnx.value_and_grad(head_loss)(head, x, y, quantile)
         optimizer.update(head, grads)
         return loss
 
@@ -120,6 +129,7 @@ def fit_and_measure(
     epochs: int = 100,
     learning_rate: float = 3e-3,
     seed: int = 0,
+    quantile: float | None = 0.8,
 ) -> dict:
     """Fits the head on the training split, saves it, measures it on the eval split.
 
@@ -127,7 +137,8 @@ def fit_and_measure(
       The report written to <workdir>/budget_head.json.
 
     Raises:
-      ValueError: not a dynamic-budget run, or certainty outside (0, 1].
+      ValueError: not a dynamic-budget run, certainty outside (0, 1] or quantile outside
+        (0, 1).
     """
     import jax
     import numpy as np
@@ -137,6 +148,8 @@ def fit_and_measure(
 
     if not 0 < certainty <= 1:
         raise ValueError(f"--certainty={certainty} must be in (0, 1].")
+    if quantile is not None and not 0 < quantile < 1:
+        raise ValueError(f"--quantile={quantile} must be in (0, 1) (or 0: least squares).")
     workdir = os.path.abspath(os.path.expanduser(workdir))
     model, config, _ = checkpointing.load_run(workdir)
     if not config.p2p.dynamic_budget or config.model.kind != "p2p":
@@ -158,7 +171,13 @@ def fit_and_measure(
         targets.append(tau[valid])
     features, targets = np.concatenate(features), np.concatenate(targets)
     head = fit_head(
-        features, targets, hidden=hidden, epochs=epochs, learning_rate=learning_rate, seed=seed
+        features,
+        targets,
+        hidden=hidden,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        seed=seed,
+        quantile=quantile,
     )
     one_pass = _one_pass(model, head, num_regions)
 
@@ -212,6 +231,7 @@ def fit_and_measure(
             "hidden": hidden,
             "epochs": epochs,
             "learning_rate": learning_rate,
+            "quantile": quantile,
             "num_features": int(features.shape[1]),
             "train_examples": int(len(targets)),
             "train_mean_budget": float(targets.mean()),

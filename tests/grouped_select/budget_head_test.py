@@ -70,3 +70,17 @@ def test_fit_learns_a_budget_that_depends_on_the_features():
     error = np.abs(np.asarray(head(jnp.asarray(features))) - target).mean()
     constant = np.abs(np.median(target) - target).mean()
     assert error < 0.2 * constant, (error, constant)
+
+
+def test_pinball_loss_learns_the_asked_quantile():
+    from train.one_pass import fit_head
+
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(3000, 4)).astype(np.float32)
+    target = (0.4 + 0.2 * rng.uniform(size=3000)).astype(np.float32)  # independent of x
+    for quantile in (0.2, 0.9):
+        head = fit_head(
+            features, target, hidden=8, epochs=40, learning_rate=3e-3, seed=0, quantile=quantile
+        )
+        predicted = float(np.median(head(jnp.asarray(features))))
+        assert abs(predicted - (0.4 + 0.2 * quantile)) < 0.03, (quantile, predicted)
