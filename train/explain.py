@@ -34,6 +34,12 @@ def main(argv):
     from train import checkpointing
 
     model, config, class_names = checkpointing.load_run(_WORKDIR.value)
+    if config.model.kind != "p2p" or config.p2p.regions != "superpixels":
+        sys.exit(
+            f"explain.py: error: {_WORKDIR.value} is a {config.model.kind} run with "
+            f"{config.p2p.regions} regions; explain draws a superpixel P2P run's selection. "
+            "Explain a black box post hoc with `train/evaluate.py --saliency=...`."
+        )
     dynamic = config.p2p.dynamic_budget
     several = len(_IMAGES.value) > 1
     if several:

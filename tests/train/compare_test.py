@@ -115,3 +115,29 @@ def test_command_writes_the_table(comparison, data_dir):
         timeout=300,
     )
     assert bad.returncode != 0 and "unknown ['lime']" in bad.stderr
+
+
+def test_explain_refuses_a_black_box_run(comparison, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from PIL import Image
+
+    workdir, _ = comparison
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(image)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train" / "explain.py"),
+            f"--workdir={workdir / 'black_box'}",
+            f"--image={image}",
+            f"--out={tmp_path / 'out.png'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "black_box run" in done.stderr and "--saliency" in done.stderr
