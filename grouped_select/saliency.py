@@ -45,6 +45,11 @@ def _target_logit_grad(classify: Classify, images: jax.Array, targets: jax.Array
     return jax.grad(total)(images)
 
 
+def _pixel_attribution(images: jax.Array, baseline: ArrayLike, grads: jax.Array) -> jax.Array:
+    """|Σ_channels (x − x₀) ⊙ grads|: [B, H, W, 3] -> [B, H, W]."""
+    return jnp.abs(((images - jnp.asarray(baseline, jnp.float32)) * grads).sum(-1))
+
+
 def gradient_x_input(
     classify: Classify, images: ArrayLike, targets: ArrayLike, baseline: ArrayLike
 ) -> jax.Array:
@@ -61,7 +66,7 @@ def gradient_x_input(
     """
     images = jnp.asarray(images, jnp.float32)
     grads = _target_logit_grad(classify, images, jnp.asarray(targets))
-    return jnp.abs(((images - jnp.asarray(baseline, jnp.float32)) * grads).sum(-1))
+    return _pixel_attribution(images, baseline, grads)
 
 
 def integrated_gradients(
@@ -95,7 +100,7 @@ def integrated_gradients(
         return _target_logit_grad(classify, baseline + alpha * (images - baseline), targets)
 
     grads = jax.lax.map(grad_at, alphas, batch_size=chunk or num_steps).mean(0)
-    return jnp.abs(((images - baseline) * grads).sum(-1))
+    return _pixel_attribution(images, baseline, grads)
 
 
 def saliency(

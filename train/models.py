@@ -74,8 +74,9 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
       `config.model.kind` is "black_box".
     """
     rngs = nnx.Rngs(seed)
-    if config.model.kind == "black_box":
-        classifier = create_classifier(
+
+    def classifier():
+        return create_classifier(
             config.model.classifier,
             num_classes,
             image_size=config.data.image_size,
@@ -83,7 +84,10 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
             widths=config.model.classifier_widths,
             rngs=rngs,
         )
-        return BlackBox(classifier)
+
+    if config.model.kind == "black_box":
+        return BlackBox(classifier())
+    # The selector draws its initial weights first (runs stay reproducible across versions).
     backbone = create_selector_backbone(
         config.model.selector, low_stride=config.model.selector_stride, rngs=rngs
     )
@@ -93,15 +97,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
         pool_method=config.model.pool_method,
         rngs=rngs,
     )
-    classifier = create_classifier(
-        config.model.classifier,
-        num_classes,
-        image_size=config.data.image_size,
-        patch_size=config.model.patch_size,
-        widths=config.model.classifier_widths,
-        rngs=rngs,
-    )
-    return P2P(selector, classifier)
+    return P2P(selector, classifier())
 
 
 def load_pretrained(model: P2P, directory: str, replace_classifier_head: bool) -> None:
