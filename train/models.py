@@ -35,11 +35,15 @@ def create_classifier(
     image_size: int,
     patch_size: int,
     widths: tuple[int, ...] = (32, 64, 128),
+    strides: tuple[int, ...] | None = None,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """The classifier called `name` (one of `CLASSIFIERS`); `widths`: "small_cnn" only."""
+    """The classifier called `name` (one of `CLASSIFIERS`); `widths`, `strides`: "small_cnn"
+    only (None: stride 2 in every stage)."""
     if name == "small_cnn":
-        return SmallCNNClassifier(num_classes, widths=tuple(widths), rngs=rngs)
+        return SmallCNNClassifier(
+            num_classes, widths=tuple(widths), strides=strides and tuple(strides), rngs=rngs
+        )
     if name == "small_vit":
         return small_vit_classifier(
             num_classes, image_size=image_size, patch_size=patch_size, rngs=rngs
@@ -82,6 +86,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
             image_size=config.data.image_size,
             patch_size=config.model.patch_size,
             widths=config.model.classifier_widths,
+            strides=config.model.classifier_strides or None,
             rngs=rngs,
         )
 

@@ -79,15 +79,32 @@ def create_optimizer(
 
     Args:
       config: the training config (`config.optim`).
-      total_steps: steps of the whole run, for `config.optim.schedule = "cosine"`.
+      total_steps: steps of the whole run, for the "cosine" and "stable_decay" schedules.
     """
     o = config.optim
+    total_steps = max(total_steps, 1)
     if o.schedule == "constant":
         learning_rate = o.learning_rate
     elif o.schedule == "cosine":
-        learning_rate = optax.cosine_decay_schedule(o.learning_rate, max(total_steps, 1))
+        learning_rate = optax.cosine_decay_schedule(o.learning_rate, total_steps)
+    elif o.schedule == "stable_decay":
+        # Constant, then linearly to zero over the last `decay_fraction` of the run: the
+        # annealed objective is fixed by then, and the decay settles the noisy Monte-Carlo
+        # gradients of the sampled masks.
+        if not 0.0 < o.decay_fraction <= 1.0:
+            raise ValueError(f"config.optim.decay_fraction={o.decay_fraction} must be in (0, 1].")
+        decay_steps = max(round(o.decay_fraction * total_steps), 1)
+        learning_rate = optax.join_schedules(
+            [
+                optax.constant_schedule(o.learning_rate),
+                optax.linear_schedule(o.learning_rate, 0.0, decay_steps),
+            ],
+            boundaries=[total_steps - decay_steps],
+        )
     else:
-        raise ValueError(f"config.optim.schedule={o.schedule!r} must be 'constant' or 'cosine'.")
+        raise ValueError(
+            f"config.optim.schedule={o.schedule!r} must be 'constant', 'cosine' or 'stable_decay'."
+        )
     if o.weight_decay:
         tx = optax.adamw(learning_rate, weight_decay=o.weight_decay)
     else:

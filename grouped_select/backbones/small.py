@@ -138,7 +138,7 @@ class ConvNormAct(nnx.Module):
 
 
 class SmallCNNClassifier(nnx.Module):
-    """Stages of (3x3 stride-2 conv, 3x3 conv), each GroupNorm + ReLU, global average pool,
+    """Stages of (3x3 strided conv, 3x3 conv), each GroupNorm + ReLU, global average pool,
     linear head. About 290k parameters at the defaults.
 
     `__call__(x [B, H, W, 3]) -> [B, num_classes]` logits; any H, W.
@@ -153,6 +153,7 @@ class SmallCNNClassifier(nnx.Module):
         num_classes: int,
         *,
         widths: tuple[int, ...] = (32, 64, 128),
+        strides: tuple[int, ...] | None = None,
         groups: int = 8,
         rngs: nnx.Rngs,
     ):
@@ -160,14 +161,19 @@ class SmallCNNClassifier(nnx.Module):
 
         Args:
           num_classes: classifier outputs.
-          widths: output channels of each stage (one stage per entry, each halves H and W).
+          widths: output channels of each stage (one stage per entry).
+          strides: stride of each stage's first conv; None: 2 for every stage. A first stage
+            at stride 1 keeps full resolution for small inputs (thin strokes at 32x32).
           groups: GroupNorm groups (divides every width).
           rngs: initialisation keys.
         """
+        strides = (2,) * len(widths) if strides is None else tuple(strides)
+        if len(strides) != len(widths):
+            raise ValueError(f"strides {strides} must have one entry per stage of {widths}.")
         layers = []
         c_in = 3
-        for width in widths:
-            layers.append(ConvNormAct(c_in, width, stride=2, groups=groups, rngs=rngs))
+        for width, stride in zip(widths, strides, strict=True):
+            layers.append(ConvNormAct(c_in, width, stride=stride, groups=groups, rngs=rngs))
             layers.append(ConvNormAct(width, width, stride=1, groups=groups, rngs=rngs))
             c_in = width
         self.stages = nnx.List(layers)

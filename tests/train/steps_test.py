@@ -192,3 +192,21 @@ def test_pixel_level_selection_has_one_region_per_pixel(tiny_config):
     tiny_config.p2p.regions = "patches"
     with pytest.raises(ValueError, match="config.p2p.regions='patches'"):
         steps.step_settings(tiny_config, steps_per_epoch=4)
+
+
+def test_stable_decay_learning_rate_is_constant_then_linear_to_zero(tiny_config):
+    tiny_config.optim.schedule = "stable_decay"
+    tiny_config.optim.decay_fraction = 0.25
+    tiny_config.optim.learning_rate = 0.5
+    optimizer = steps.create_optimizer(tiny_config, total_steps=8)
+    # With a constant gradient Adam's step is lr * m̂ / sqrt(v̂) = lr: the steps trace the rate.
+    params = {"w": jnp.zeros(())}
+    state = optimizer.init(params)
+    lrs = []
+    for _ in range(8):
+        updates, state = optimizer.update({"w": jnp.ones(())}, state, params)
+        lrs.append(-float(updates["w"]))
+    np.testing.assert_allclose(lrs, [0.5] * 6 + [0.5, 0.25], rtol=1e-4)
+    tiny_config.optim.decay_fraction = 0.0
+    with pytest.raises(ValueError, match="decay_fraction"):
+        steps.create_optimizer(tiny_config, total_steps=8)

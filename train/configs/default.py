@@ -58,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.selector_stride = 2  # "small" selector: stride of its feature maps (2, 4 or 8)
     model.classifier = "small_cnn"
     model.classifier_widths = (32, 64, 128)  # "small_cnn": channels of its stages
+    model.classifier_strides = ()  # "small_cnn": stride of each stage (): 2 everywhere
     model.num_outputs = 4  # 1 keep-logit + 3 embedding dims
     model.patch_size = 8  # ViT classifiers
     model.pool_method = "auto"  # "segment_sum", "one_hot" or "auto"
@@ -91,7 +92,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Optimisation.
     optim = config.optim = ml_collections.ConfigDict()
     optim.learning_rate = 1e-3
-    optim.schedule = "constant"  # or "cosine": decays to 0 over the run
+    # "constant"; "cosine": decays to 0 over the run; "stable_decay": constant, then linearly
+    # to 0 over the last `decay_fraction` of the steps.
+    optim.schedule = "constant"
+    optim.decay_fraction = 0.25
     optim.batch_size = 64  # global, over all processes
     optim.num_epochs = 80
     optim.steps_per_epoch = 0  # 0: dataset size // batch_size

@@ -72,3 +72,18 @@ def test_cnn_classifier_in_p2p_through_jit():
     chex.assert_shape(out.log_probs, (BATCH, NUM_CLASSES))
     chex.assert_shape(out.region_masks, (1, BATCH, NUM_REGIONS))
     chex.assert_tree_all_finite(out.log_probs)
+
+
+def test_cnn_classifier_strides_set_each_stage_resolution():
+    model = SmallCNNClassifier(
+        NUM_CLASSES, widths=(8, 16, 32), strides=(1, 2, 2), rngs=nnx.Rngs(0)
+    )
+    sides = []
+    h = _images()
+    for layer in model.stages:
+        h = layer(h)
+        sides.append(h.shape[1])
+    assert sides == [SIZE, SIZE, SIZE // 2, SIZE // 2, SIZE // 4, SIZE // 4]
+    chex.assert_shape(_jit_apply(model)(_images()), (BATCH, NUM_CLASSES))
+    with pytest.raises(ValueError, match="one entry per stage"):
+        SmallCNNClassifier(NUM_CLASSES, widths=(8, 16), strides=(1,), rngs=nnx.Rngs(0))
