@@ -75,9 +75,7 @@ def test_cnn_classifier_in_p2p_through_jit():
 
 
 def test_cnn_classifier_strides_set_each_stage_resolution():
-    model = SmallCNNClassifier(
-        NUM_CLASSES, widths=(8, 16, 32), strides=(1, 2, 2), rngs=nnx.Rngs(0)
-    )
+    model = SmallCNNClassifier(NUM_CLASSES, widths=(8, 16, 32), strides=(1, 2, 2), rngs=nnx.Rngs(0))
     sides = []
     h = _images()
     for layer in model.stages:
