@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from grouped_select.backbones.small import SmallCNNClassifier, SmallSelectorBackbone
+from grouped_select.backbones.small import (
+    SmallCNNClassifier,
+    SmallSelectorBackbone,
+    group_norm,
+)
 from grouped_select.model import P2P
 from grouped_select.selector import Selector
 
@@ -85,3 +89,17 @@ def test_cnn_classifier_strides_set_each_stage_resolution():
     chex.assert_shape(_jit_apply(model)(_images()), (BATCH, NUM_CLASSES))
     with pytest.raises(ValueError, match="one entry per stage"):
         SmallCNNClassifier(NUM_CLASSES, widths=(8, 16), strides=(1,), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("groups", [1, 4, 8])
+def test_group_norm_equals_flax_group_norm(groups):
+    channels = 16
+    norm = nnx.GroupNorm(channels, num_groups=groups, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(groups)
+    norm.scale[...] = rng.normal(size=channels).astype(np.float32)
+    norm.bias[...] = rng.normal(size=channels).astype(np.float32)
+    x = (3.0 + rng.normal(size=(BATCH, 8, 8, channels))).astype(np.float32)
+    fast = jax.jit(group_norm, static_argnums=(3, 4))(
+        x, norm.scale[...], norm.bias[...], groups, norm.epsilon
+    )
+    chex.assert_trees_all_close(fast, _jit_apply(norm)(x), rtol=1e-5, atol=1e-5)
