@@ -30,6 +30,7 @@ def test_all_paper_datasets_have_a_config():
 def test_paper_hyperparameters(name):
     config = _config(name)
     assert config.optim.learning_rate == 1e-4 and config.optim.batch_size == 64
+    assert config.optim.schedule == "constant"  # the built-in default decays; the paper does not
     assert config.optim.num_epochs == (20 if name == "imagenet" else 100)
     assert config.p2p.sparsity_weight == 10.0 and config.p2p.anneal_sparsity
     assert config.p2p.covariance_weight == 0.01 and config.p2p.dynamic_budget

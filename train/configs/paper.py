@@ -54,6 +54,7 @@ def paper_config(
     config.p2p.certainties = (0.8, 0.9, 0.95, 0.99)
 
     config.optim.learning_rate = 1e-4
+    config.optim.schedule = "constant"
     config.optim.batch_size = 64
     config.optim.num_epochs = num_epochs
     config.eval_every_epochs = 10
