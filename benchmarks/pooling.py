@@ -5,11 +5,17 @@
 Implementations: `segment_sum` over the flattened batch (float32), the `one_hot` matmul in
 float32, and the one-hot matmul with bfloat16 features (float32 accumulation). Each is jitted
 on its own; the ids mimic SLIC's (about `regions` compact regions per image).
+
+Restructured: `low_res` pools the stride-`--stride` map before upsampling
+(`grouped_select/low_res_pooling.py`, a [B, K, h·w] x [B, h·w, C] matmul with weights the
+input pipeline computes), checked against upsampling that map and pooling with segment_sum;
+the host cost of the weights per image is reported too.
 """
 
 import argparse
 import functools
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import time_fn, write_json  # noqa: E402
-from grouped_select import regions  # noqa: E402
+from grouped_select import low_res_pooling, regions  # noqa: E402
 
 
 def slic_like_ids(batch: int, size: int, num_regions: int, seed: int = 0) -> np.ndarray:
@@ -36,12 +42,49 @@ def slic_like_ids(batch: int, size: int, num_regions: int, seed: int = 0) -> np.
     return out
 
 
+def low_res_results(args, ids: np.ndarray) -> dict:
+    """Times `pool_low_res` (float32, bfloat16) against upsample + segment_sum."""
+    side = args.size // args.stride
+    k = args.regions
+    rng = np.random.default_rng(1)
+    low = jnp.asarray(rng.normal(size=(args.batch, side, side, args.channels)).astype(np.float32))
+    low_res_pooling.bilinear_region_weights(ids[0], (side, side), k)  # builds the cached Ry, Rx
+    start = time.perf_counter()
+    weights = np.stack([low_res_pooling.bilinear_region_weights(i, (side, side), k) for i in ids])
+    host_ms = 1e3 * (time.perf_counter() - start) / args.batch
+
+    @jax.jit
+    def upsample_then_segment_sum(low, ids):
+        up = jax.image.resize(low, (*ids.shape, low.shape[-1]), "bilinear")
+        return regions.pool_regions(up, ids, k, "segment_sum")
+
+    reference = np.asarray(upsample_then_segment_sum(low, ids))
+    out = {}
+    timing = time_fn(upsample_then_segment_sum, low, ids, repeats=args.repeats, inner=20)
+    out["low_res_upsample_then_segment_sum_f32"] = {**timing, "median_us": 1e6 * timing["median_s"]}
+    for name, dtype in (("low_res_matmul_f32", jnp.float32), ("low_res_matmul_bf16", jnp.bfloat16)):
+        w = jnp.asarray(weights, dtype)
+        x = low.astype(dtype)
+        jitted = jax.jit(low_res_pooling.pool_low_res)
+        got = np.asarray(jitted(x, w))
+        timing = time_fn(jitted, x, w, repeats=args.repeats, inner=20)
+        out[name] = {
+            **timing,
+            "median_us": 1e6 * timing["median_s"],
+            "max_abs_diff_vs_upsample_then_segment_sum": float(np.abs(got - reference).max()),
+            "weights_bytes": int(w.size * w.dtype.itemsize),
+            "host_weights_ms_per_image": host_ms,
+        }
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--regions", type=int, default=100)
+    parser.add_argument("--stride", type=int, default=8, help="low-resolution map stride")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -81,6 +124,7 @@ def main(argv=None):
             "median_us": 1e6 * timing["median_s"],
             "max_abs_diff_vs_segment_sum_f32": float(np.abs(got - reference).max()),
         }
+    results.update(low_res_results(args, np.asarray(ids)))
     bytes_read = feats.size * 4 + ids.size * 4
     write_json(
         {
