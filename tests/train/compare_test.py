@@ -84,22 +84,14 @@ def test_clear_errors(comparison, data_dir, tmp_path):
 
 
 def test_command_writes_the_table(comparison, data_dir):
-    import subprocess
-    import sys
-
-    from conftest import REPO, overrides_as_flags
+    from conftest import overrides_as_flags, run_script
 
     workdir, reports = comparison
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "train" / "compare.py"),
-            f"--workdir={workdir}",
-            "--variants=p2p,black_box",
-            *overrides_as_flags(data_dir),
-        ],
-        capture_output=True,
-        text=True,
+    done = run_script(
+        "compare",
+        f"--workdir={workdir}",
+        "--variants=p2p,black_box",
+        *overrides_as_flags(data_dir),
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -108,36 +100,22 @@ def test_command_writes_the_table(comparison, data_dir):
     assert f"{reports['p2p']['accuracy']:.3f}" in table
     saved = json.loads((workdir / "comparison.json").read_text())
     assert set(saved) == {"p2p", "black_box"}
-    bad = subprocess.run(
-        [sys.executable, str(REPO / "train" / "compare.py"), "--variants=lime"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = run_script("compare", "--variants=lime")
     assert bad.returncode != 0 and "unknown ['lime']" in bad.stderr
 
 
 def test_explain_refuses_a_black_box_run(comparison, tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import REPO
+    from conftest import run_script
     from PIL import Image
 
     workdir, _ = comparison
     image = tmp_path / "x.png"
     Image.new("RGB", (40, 40), (200, 10, 10)).save(image)
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "train" / "explain.py"),
-            f"--workdir={workdir / 'black_box'}",
-            f"--image={image}",
-            f"--out={tmp_path / 'out.png'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = run_script(
+        "explain",
+        f"--workdir={workdir / 'black_box'}",
+        f"--image={image}",
+        f"--out={tmp_path / 'out.png'}",
     )
     assert done.returncode != 0
     assert "black_box run" in done.stderr and "--saliency" in done.stderr

@@ -1,6 +1,7 @@
 """Fixtures for the training program's tests: a tiny built-in dataset and tiny configs."""
 
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -73,3 +74,13 @@ def overrides_as_flags(data_dir) -> list[str]:
     """`TINY_OVERRIDES` as `--config.key=value` flags for `train/main.py`."""
     flags = [f"--config.{k}={v}" for k, v in TINY_OVERRIDES.items()]
     return [*flags, f"--config.data.data_dir={data_dir}"]
+
+
+def run_script(name: str, *flags: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python train/<name>.py <flags>` as a user runs it; stdout and stderr captured as text."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "train" / f"{name}.py"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

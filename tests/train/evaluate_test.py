@@ -3,7 +3,6 @@
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -13,14 +12,9 @@ FIGURES = ("fidelity_curves.png", "gallery.png", "kept_vs_budget.png", "per_clas
 
 
 def _command(*args: str) -> subprocess.CompletedProcess:
-    from conftest import REPO
+    from conftest import run_script
 
-    return subprocess.run(
-        [sys.executable, str(REPO / "train" / "evaluate.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_script("evaluate", *args)
 
 
 def _in_unit(value) -> bool:

@@ -44,25 +44,11 @@ def test_explain_any_image_kind(run_dir, tmp_path, mode):
 
 
 def test_explain_command(run_dir, tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import REPO
+    from conftest import run_script
 
     path = _image(tmp_path, "a.png", np.full((30, 30, 3), 128, np.uint8))
     out = tmp_path / "a_explained.png"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "train" / "explain.py"),
-            f"--workdir={run_dir}",
-            f"--image={path}",
-            f"--out={out}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_script("explain", f"--workdir={run_dir}", f"--image={path}", f"--out={out}")
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["out"] == str(out) and out.exists()
