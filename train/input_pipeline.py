@@ -57,6 +57,7 @@ class Data:
             jitter=tuple(d.color_jitter) or None,
             worker_count=d.worker_count,
             read_threads=d.read_threads,
+            cache=d.cache_in_memory,
         )
 
     def eval_batches(self, config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndarray]]:

@@ -42,6 +42,7 @@ from grouped_select.data.builders import (
 from grouped_select.data.folders import LAYOUTS, CorruptFileError
 from grouped_select.data.pipeline import (
     BATCH_KEYS,
+    decode_into_memory,
     eval_dataset,
     eval_iterator,
     make_global_batch,
@@ -75,6 +76,7 @@ __all__ = [
     "P2pTfds",
     "color_jitter",
     "crop_and_resize",
+    "decode_into_memory",
     "eval_dataset",
     "eval_iterator",
     "eval_transform",

@@ -39,6 +39,8 @@ def paper_config(
     config.data.color_jitter = (0.4, 0.4, 0.4, 0.2)
     config.data.eval_crop_fraction = 1.0
     config.data.worker_count = 8
+    # Paper datasets are too large to decode into RAM (and worker processes would each copy it).
+    config.data.cache_in_memory = False
 
     config.model.selector = "lraspp_mobilenet_v3_large"
     config.model.classifier = "vit_ti"

@@ -1,5 +1,6 @@
 """Tests for grouped_select.data.pipeline: batches, sharding, checkpointable position."""
 
+import grain
 import jax
 import numpy as np
 import pytest
@@ -49,6 +50,48 @@ def test_train_iterator_state_restores_position(tiny_shapes):
         got = next(resumed)
         for k in want:
             np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_cache_in_memory_gives_the_same_batches_and_positions(tiny_shapes):
+    kwargs = dict(global_batch_size=8, image_size=16, num_regions=128, seed=2)
+    src = _sources(tiny_shapes)["train"]
+    plain = data.train_iterator(src, **kwargs)
+    cached = data.train_iterator(src, cache=True, **kwargs)
+    for _ in range(7):  # Past one epoch (6 batches): the second epoch comes from memory.
+        want, got = next(plain), next(cached)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+    state, want = cached.get_state(), next(plain)
+    resumed = data.train_iterator(src, cache=True, **kwargs)
+    resumed.set_state(state)
+    got = next(resumed)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_cache_in_memory_holds_only_this_process_shard(tiny_shapes):
+    src = _sources(tiny_shapes)["train"]
+    shard = data.train_dataset(
+        src,
+        global_batch_size=8,
+        image_size=16,
+        num_regions=128,
+        num_epochs=1,
+        jitter=None,
+        shard_index=1,
+        shard_count=2,
+        cache=True,
+    )
+    labels = np.concatenate([b["label"] for b in shard])
+    want = [src[i]["label"] for i in range(1, len(src), 2)]
+    assert len(want) % 4 == 0  # Whole local batches of 4: every example of the shard once.
+    np.testing.assert_array_equal(np.bincount(labels, minlength=8), np.bincount(want, minlength=8))
+
+
+def test_cache_in_memory_refuses_what_does_not_fit(tiny_shapes):
+    ds = grain.MapDataset.source(_sources(tiny_shapes)["train"])
+    with pytest.raises(ValueError, match="cache_in_memory=False"):
+        data.decode_into_memory(ds, max_memory_fraction=1e-12)
 
 
 def test_train_epoch_covers_every_example_once(tiny_shapes):
