@@ -33,6 +33,7 @@ def test_paper_hyperparameters(name):
     assert config.optim.schedule == "constant"  # the built-in default decays; the paper does not
     assert config.optim.num_epochs == (20 if name == "imagenet" else 100)
     assert config.p2p.sparsity_weight == 10.0 and config.p2p.anneal_sparsity
+    assert config.p2p.final_temperature == 0.5  # the built-in default anneals to 0.4
     assert config.p2p.covariance_weight == 0.01 and config.p2p.dynamic_budget
     assert tuple(config.p2p.certainties) == (0.8, 0.9, 0.95, 0.99)
     assert (config.data.slic_segments, config.data.slic_compactness) == (100, 20.0)
