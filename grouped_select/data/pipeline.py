@@ -122,6 +122,14 @@ def decode_into_memory(
     array_record example costs ~0.27 ms of CPU, more than the augmentation after it, and on a
     small machine it competes with the train step for the same cores. grain 0.2's `cache()`
     exists only for IterDatasets (sequential), so this materialises the random-access dataset.
+    With grain worker processes (`worker_count > 0`) each worker gets its own copy.
+
+    Args:
+      ds: a random-access dataset of examples (one process's shard, before shuffling).
+      max_memory_fraction: refuse above this share of the machine's physical memory.
+
+    Returns:
+      A `grain.MapDataset` over the decoded examples, element i equal to `ds[i]`.
 
     Raises:
       ValueError: the decoded elements would take more than `max_memory_fraction` of this
@@ -131,11 +139,11 @@ def decode_into_memory(
         return ds
     first = ds[0]
     per_element = sum(np.asarray(v).nbytes for v in jax.tree.leaves(first))
-    needed, limit = per_element * len(ds), max_memory_fraction * _memory_bytes()
-    if needed > limit:
+    needed, memory = per_element * len(ds), _memory_bytes()
+    if needed > max_memory_fraction * memory:
         raise ValueError(
             f"decoding this split into memory needs ~{needed / 2**30:.1f} GiB, more than "
-            f"{max_memory_fraction:.0%} of this machine's {_memory_bytes() / 2**30:.1f} GiB; "
+            f"{max_memory_fraction:.0%} of this machine's {memory / 2**30:.1f} GiB; "
             "set config.data.cache_in_memory=False (train_iterator(cache=False))."
         )
     return grain.MapDataset.source([first] + [ds[i] for i in range(1, len(ds))])
