@@ -21,6 +21,8 @@ def device_info() -> dict:
         "jax": jax.__version__,
         "host_cpus": os.cpu_count(),
         "platform": platform.platform(),
+        # Whether glibc asked for transparent huge pages (train/huge_pages.py).
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
     }
 
 

@@ -173,5 +173,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # Timed as `train/main.py` runs: with transparent huge pages (train/huge_pages.py).
+    from train.huge_pages import reexec_with_huge_pages
+
+    reexec_with_huge_pages()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     main()

@@ -111,4 +111,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # Timed as `train/main.py` runs: with transparent huge pages (train/huge_pages.py).
+    from train.huge_pages import reexec_with_huge_pages
+
+    reexec_with_huge_pages()
     main()

@@ -26,6 +26,11 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+if __name__ == "__main__":  # first thing: may restart this program (train/huge_pages.py)
+    from train.huge_pages import reexec_with_huge_pages
+
+    reexec_with_huge_pages()
+
 from absl import app, flags, logging  # noqa: E402
 
 from train.run_evaluation import RunError, evaluate_run  # noqa: E402
