@@ -2,8 +2,10 @@
 
     python benchmarks/depthwise.py [--batch 4 --size 224]
 
-Forward and forward + backward of each of `grouped_select.backbones.depthwise.depthwise_conv`'s
-methods, on the depthwise layers of the dilated MobileNetV3-Large at `--size` input.
+Forward and forward + backward (random cotangent) of each of
+`grouped_select.backbones.depthwise.depthwise_conv`'s methods, and of the shifted sum under
+autodiff instead of its hand-written backward, on the depthwise layers of the dilated
+MobileNetV3-Large at `--size` input.
 """
 
 import argparse
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import time_fn, write_json  # noqa: E402
-from grouped_select.backbones.depthwise import depthwise_conv  # noqa: E402
+from grouped_select.backbones.depthwise import _shifted_sum, depthwise_conv  # noqa: E402
 from grouped_select.backbones.mobilenet_v3 import large_block_configs  # noqa: E402
 
 
@@ -44,16 +46,26 @@ def main():
         kernel = jax.random.normal(jax.random.key(1), (k, k, channels))
         row = {"side": side, "channels": channels, "kernel": k, "stride": stride}
         row["dilation"] = dilation
-        for method in ("conv", "shifted_sum"):
-            f = functools.partial(
-                depthwise_conv,
-                stride=stride,
-                dilation=dilation,
-                padding=(k - 1) // 2 * dilation,
-                method=method,
+        pad = (k - 1) // 2 * dilation
+        methods = {
+            method: functools.partial(
+                depthwise_conv, stride=stride, dilation=dilation, padding=pad, method=method
             )
+            for method in ("conv", "shifted_sum")
+        }
+        # The same shifted sum differentiated by autodiff instead of its hand-written backward
+        # (`.fun` is the function under the `jax.custom_vjp`).
+        methods["shifted_sum_autodiff"] = functools.partial(
+            _shifted_sum.fun, stride=stride, dilation=dilation, padding=pad
+        )
+        # A random cotangent: with jnp.sum(y) the cotangent is constant and XLA simplifies the
+        # backward pass into something cheaper than in a network.
+        cotangent = jax.random.normal(jax.random.key(2), methods["conv"](x, kernel).shape)
+        for method, f in methods.items():
             forward = jax.jit(f)
-            both = jax.jit(jax.grad(lambda x, kernel, f=f: jnp.sum(f(x, kernel)), (0, 1)))
+            both = jax.jit(
+                jax.grad(lambda x, kernel, f=f, c=cotangent: jnp.sum(f(x, kernel) * c), (0, 1))
+            )
             for name, fn in (("forward", forward), ("forward_backward", both)):
                 ms = 1e3 * time_fn(fn, x, kernel, repeats=args.repeats, inner=3)["median_s"]
                 row[f"{method}/{name}_ms"] = ms

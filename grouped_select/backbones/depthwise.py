@@ -4,11 +4,15 @@ XLA's CPU backend lowers a grouped convolution with one channel per group
 (`feature_group_count = C`) to a slow generic loop: on a 2-core CPU a 3x3 depthwise conv over
 [4, 112, 112, 16] takes ~40 ms forward, and its gradient 40–300 ms at MobileNetV3's shapes.
 Written as k² strided slices of the padded input times the kernel's per-channel taps, the
-same computation is one fused elementwise loop, forward and backward: 10–90x faster there
-(`benchmarks/depthwise.py`). Accelerators keep the convolution op (cuDNN / the TPU compiler
-have depthwise kernels), so `depthwise_conv(..., method="auto")` picks by backend.
+same computation is one fused elementwise loop: 10–90x faster there
+(`benchmarks/depthwise.py`). Its gradient is written by hand (`jax.custom_vjp`): autodiff
+would keep all k² shifted slices of the input for the backward pass (~450 MB at MobileNetV3's
+shapes, batch 4, 224²); the hand-written backward keeps only the input and recomputes each
+slice where it is used. Accelerators keep the convolution op (cuDNN / the TPU compiler have
+depthwise kernels), so `depthwise_conv(..., method="auto")` picks by backend.
 """
 
+import functools
 from typing import Literal
 
 import jax
@@ -60,14 +64,18 @@ def depthwise_conv(
         )
     if method != "shifted_sum":
         raise ValueError(f"method must be 'auto', 'conv' or 'shifted_sum', got {method!r}.")
-    batch, height, width, _ = x.shape
-    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    span = dilation * (k - 1)
-    out_h = (height + 2 * padding - span - 1) // stride + 1
-    out_w = (width + 2 * padding - span - 1) // stride + 1
-    out = None
-    for i in range(k):
-        for j in range(k):
+    return _shifted_sum(x, kernel, stride, dilation, padding)
+
+
+def _output_size(size: int, kernel: int, stride: int, dilation: int, padding: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _taps(padded, kernel_size, stride, dilation, out_h, out_w):
+    """Yields (i, j, [B, out_h, out_w, C] slice of `padded` that tap (i, j) multiplies)."""
+    batch, _, _, channels = padded.shape
+    for i in range(kernel_size):
+        for j in range(kernel_size):
             start = (0, i * dilation, j * dilation, 0)
             limit = (
                 batch,
@@ -75,6 +83,69 @@ def depthwise_conv(
                 j * dilation + (out_w - 1) * stride + 1,
                 channels,
             )
-            tap = lax.slice(padded, start, limit, (1, stride, stride, 1)) * kernel[i, j]
-            out = tap if out is None else out + tap
+            yield i, j, lax.slice(padded, start, limit, (1, stride, stride, 1))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _shifted_sum(x, kernel, stride, dilation, padding):
+    """[B, H, W, C] x [k, k, C] -> [B, H', W', C]: the sum over taps of slice * tap weights."""
+    k = kernel.shape[0]
+    _, height, width, _ = x.shape
+    out_h = _output_size(height, k, stride, dilation, padding)
+    out_w = _output_size(width, k, stride, dilation, padding)
+    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    out = None
+    for i, j, tap in _taps(padded, k, stride, dilation, out_h, out_w):
+        term = tap * kernel[i, j]
+        out = term if out is None else out + term
     return out
+
+
+def _shifted_sum_forward(x, kernel, stride, dilation, padding):
+    return _shifted_sum(x, kernel, stride, dilation, padding), (x, kernel)
+
+
+def _shifted_sum_backward(stride, dilation, padding, residuals, grad):
+    """Input and kernel gradients from the input alone (no saved slices).
+
+    d kernel[i, j] = sum over (b, h, w) of tap (i, j)'s input slice times `grad`.
+    d x: `grad` spread back to the strided positions (interior padding stride - 1), then
+    correlated with the flipped kernel: one more shifted sum, cropped to the unpadded input.
+    """
+    x, kernel = residuals
+    k = kernel.shape[0]
+    batch, height, width, channels = x.shape
+    _, out_h, out_w, _ = grad.shape
+    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    d_kernel = jnp.stack(
+        [
+            jnp.sum(tap * grad, axis=(0, 1, 2))
+            for _, _, tap in _taps(padded, k, stride, dilation, out_h, out_w)
+        ]
+    ).reshape(k, k, channels)
+    span = dilation * (k - 1)
+    padded_h, padded_w = height + 2 * padding, width + 2 * padding
+    spread = lax.pad(
+        grad,
+        jnp.zeros((), grad.dtype),
+        (
+            (0, 0, 0),
+            (span, padded_h - (out_h - 1) * stride - 1, stride - 1),
+            (span, padded_w - (out_w - 1) * stride - 1, stride - 1),
+            (0, 0, 0),
+        ),
+    )
+    d_padded = None
+    for i in range(k):
+        for j in range(k):
+            top, left = span - i * dilation, span - j * dilation
+            window = lax.slice(
+                spread, (0, top, left, 0), (batch, top + padded_h, left + padded_w, channels)
+            )
+            term = window * kernel[i, j]
+            d_padded = term if d_padded is None else d_padded + term
+    d_x = d_padded[:, padding : padding + height, padding : padding + width, :]
+    return d_x, d_kernel
+
+
+_shifted_sum.defvjp(_shifted_sum_forward, _shifted_sum_backward)

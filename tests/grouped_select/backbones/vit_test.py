@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from grouped_select import convert
-from grouped_select.backbones.vit import ViT, resize_position_embeddings
+from grouped_select.backbones.vit import ViT, ViTVariant, resize_position_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,32 @@ def test_load_at_other_image_size(golden, golden_vit, caplog):
     chex.assert_tree_all_finite(logits)
     with pytest.raises(ValueError, match="patch grid"):
         model(jnp.zeros((1, 224, 224, 3)))
+
+
+def test_scanned_and_looped_blocks_agree_with_gradients():
+    """`scan_layers` changes how the blocks run, not what they compute or their parameters."""
+    variant = ViTVariant(hidden_size=32, num_layers=3, num_heads=2, mlp_dim=64)
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+
+    def logits_and_grads(scan_layers):
+        model = ViT(5, variant=variant, image_size=32, scan_layers=scan_layers, rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(model)
+
+        @jax.jit
+        def run(params):
+            def loss(params):
+                logits = nnx.merge(graphdef, params)(x)
+                return jnp.sum(jnp.sin(logits)), logits
+
+            return jax.grad(loss, has_aux=True)(params)
+
+        grads, logits = run(params)
+        return logits, grads
+
+    logits_scan, grads_scan = logits_and_grads(True)
+    logits_loop, grads_loop = logits_and_grads(False)
+    np.testing.assert_allclose(logits_scan, logits_loop, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(grads_scan, grads_loop, rtol=1e-4, atol=1e-5)
+    # Every block gets its own gradient (not, say, the first block's for all).
+    first, last = grads_scan["layers"][0], grads_scan["layers"][2]
+    assert not np.allclose(first["mlp"]["fc1"]["kernel"], last["mlp"]["fc1"]["kernel"])
