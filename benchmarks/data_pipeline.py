@@ -16,13 +16,16 @@ import json
 import os
 import pathlib
 import platform
+import sys
 import tempfile
 import time
 
 import numpy as np
 
-from grouped_select import data
-from grouped_select.data import superpixels, synthetic
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from grouped_select import data  # noqa: E402
+from grouped_select.data import superpixels, synthetic  # noqa: E402
 
 
 def _time_per_item(fn, n: int) -> float:
