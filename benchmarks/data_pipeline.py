@@ -3,6 +3,8 @@
 Measures, on this machine:
   * render and SLIC time per image (one process) at 64^2 and 224^2;
   * preparation of the built-in benchmark (render + SLIC + write, all cores), images/s;
+  * the cost of each training-pipeline stage per example (read + decode, crop, flip, colour
+    jitter, relabel, normalise), one core;
   * training pipeline throughput (decode + random resized crop + flip + colour jitter +
     relabel + normalise + batch), images/s, for several grain worker counts;
   * evaluation pipeline throughput.
@@ -25,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from grouped_select import data  # noqa: E402
-from grouped_select.data import superpixels, synthetic  # noqa: E402
+from grouped_select.data import augment, superpixels, synthetic  # noqa: E402
 
 
 def _time_per_item(fn, n: int) -> float:
@@ -69,6 +71,35 @@ def _throughput(iterator, batch_size: int, batches: int, warmup: int) -> float:
     for _ in range(batches):
         next(iterator)
     return batches * batch_size / (time.perf_counter() - start)
+
+
+def _stage_costs(source, image_size: int, n: int = 100) -> dict:
+    """Milliseconds per example of each training-pipeline stage, one core, in order."""
+    rng = np.random.default_rng(0)
+    examples = [source[i % len(source)] for i in range(n)]  # warm the reader
+    start = time.perf_counter()
+    examples = [source[i % len(source)] for i in range(n)]
+    costs = {"read_and_decode_ms": 1e3 * (time.perf_counter() - start) / n}
+
+    def stage(name, fn, inputs):
+        start = time.perf_counter()
+        outputs = [fn(x) for x in inputs]
+        costs[f"{name}_ms"] = 1e3 * (time.perf_counter() - start) / n
+        return outputs
+
+    def crop(example):
+        image, ids = np.asarray(example["image"]), np.asarray(example["region_ids"])
+        height, width = ids.shape
+        box = augment.random_resized_crop_box(rng, height, width, scale=(0.08, 1.0))
+        return augment.crop_and_resize(image, ids, np.asarray(example["mask"]), box, image_size)
+
+    views = stage("crop_and_resize", crop, examples)
+    images = stage("flip", lambda v: np.ascontiguousarray(v[0][:, ::-1]), views)
+    stage("colour_jitter", lambda image: augment.color_jitter(image, rng), images)
+    num_regions = data.DEFAULT_NUM_REGIONS
+    stage("relabel", lambda v: superpixels.limit_regions(v[1], num_regions), views)
+    stage("normalise", augment.normalize, images)
+    return costs
 
 
 def _pipeline_speed(builder, image_size, batch_size, batches, worker_counts) -> list[dict]:
@@ -121,6 +152,7 @@ def main() -> None:
         },
         "slic": [],
         "prepare": [],
+        "stages": [],
         "pipeline": [],
     }
     print("SLIC and rendering, one process:")
@@ -164,6 +196,9 @@ def main() -> None:
                 + (f" ({total / seconds:.0f} images/s)" if fresh else " (reused)"),
                 flush=True,
             )
+            costs = _stage_costs(builder.as_data_source()["train"], plan["image_size"])
+            result["stages"].append({"image_size": plan["image_size"], **costs})
+            print("  per example, one core: " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
             for r in _pipeline_speed(
                 builder, plan["image_size"], args.batch_size, args.batches, workers
             ):
