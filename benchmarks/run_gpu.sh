@@ -13,6 +13,10 @@ python3 benchmarks/pooling.py --out "$out/pooling.json" > "$out/pooling.log" 2>&
 tail -n 3 "$out/pooling.log"
 python3 benchmarks/train_step.py --out "$out/train_step.json" > "$out/train_step.log" 2>&1 || status=1
 tail -n 3 "$out/train_step.log"
+# The ViT's blocks unrolled instead of scanned (the CPU default since 2026-11-28): which wins here?
+python3 benchmarks/train_step.py --scan-layers false --dtypes bfloat16 --repeats 5 \
+  --out "$out/train_step_unrolled.json" > "$out/train_step_unrolled.log" 2>&1 || status=1
+tail -n 3 "$out/train_step_unrolled.log"
 python3 benchmarks/eval_search.py --out "$out/eval_search.json" > "$out/eval_search.log" 2>&1 || status=1
 tail -n 3 "$out/eval_search.log"
 # Is the CPU's shifted-sum depthwise conv also faster than cuDNN's at batch 64?

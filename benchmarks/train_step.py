@@ -34,16 +34,17 @@ def make_batch(batch: int, size: int, num_regions: int, num_classes: int) -> dic
     }
 
 
-def paper_config(name: str, size: int, dtype: str):
+def paper_config(name: str, size: int, dtype: str, scan_layers: bool = True):
     config = importlib.import_module(f"train.configs.{name}").get_config()
     config.data.image_size = size
     config.compute_dtype = dtype
+    config.model.scan_layers = scan_layers
     return config
 
 
 def bench_dtype(args, dtype: str) -> dict:
     """Times the paper's training step computing in `dtype`."""
-    config = paper_config(args.config, args.size, dtype)
+    config = paper_config(args.config, args.size, dtype, args.scan_layers == "true")
     num_classes = 9
     model = models.create_model(config, num_classes, seed=0)
     optimizer = create_optimizer(config)
@@ -86,6 +87,12 @@ def main(argv=None):
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument(
+        "--scan-layers",
+        choices=("true", "false"),
+        default="true",
+        help="config.model.scan_layers: the ViT's blocks as one lax.scan or a Python loop",
+    )
+    parser.add_argument(
         "--peak-tflops",
         type=float,
         default=989.0,
@@ -101,6 +108,7 @@ def main(argv=None):
             "config": args.config,
             "batch": args.batch,
             "image_size": args.size,
+            "scan_layers": args.scan_layers == "true",
             "peak_tflops": args.peak_tflops,
             "reference_h200_images_per_s": [900, 1030],
             "results": results,

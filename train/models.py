@@ -36,17 +36,22 @@ def create_classifier(
     patch_size: int,
     widths: tuple[int, ...] = (32, 64, 128),
     strides: tuple[int, ...] | None = None,
+    scan_layers: bool = True,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
     """The classifier called `name` (one of `CLASSIFIERS`); `widths`, `strides`: "small_cnn"
-    only (None: stride 2 in every stage)."""
+    only (None: stride 2 in every stage); `scan_layers`: ViTs only (`ViT.encode`)."""
     if name == "small_cnn":
         return SmallCNNClassifier(
             num_classes, widths=tuple(widths), strides=strides and tuple(strides), rngs=rngs
         )
     if name == "small_vit":
         return small_vit_classifier(
-            num_classes, image_size=image_size, patch_size=patch_size, rngs=rngs
+            num_classes,
+            image_size=image_size,
+            patch_size=patch_size,
+            scan_layers=scan_layers,
+            rngs=rngs,
         )
     if name.startswith("vit_"):
         from grouped_select.backbones.vit import ViT
@@ -56,6 +61,7 @@ def create_classifier(
             variant=name.removeprefix("vit_"),
             image_size=image_size,
             patch_size=patch_size,
+            scan_layers=scan_layers,
             rngs=rngs,
         )
     if name in ("resnet18", "resnet34"):
@@ -87,6 +93,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
             patch_size=config.model.patch_size,
             widths=config.model.classifier_widths,
             strides=config.model.classifier_strides or None,
+            scan_layers=config.model.scan_layers,
             rngs=rngs,
         )
 

@@ -96,7 +96,12 @@ SMALL_VIT = ViTVariant(hidden_size=64, num_layers=3, num_heads=4, mlp_dim=128)
 
 
 def small_vit_classifier(
-    num_classes: int, *, image_size: int = 64, patch_size: int = 8, rngs: nnx.Rngs
+    num_classes: int,
+    *,
+    image_size: int = 64,
+    patch_size: int = 8,
+    scan_layers: bool = True,
+    rngs: nnx.Rngs,
 ) -> ViT:
     """The CPU-sized classifier: a 3-layer, 64-wide ViT (about 118k parameters).
 
@@ -104,13 +109,19 @@ def small_vit_classifier(
       num_classes: classifier outputs.
       image_size: input side (a multiple of `patch_size`).
       patch_size: patch side.
+      scan_layers: run the blocks as one `lax.scan` (see `ViT.encode`).
       rngs: initialisation keys.
 
     Returns:
       A `ViT` in the Hugging Face layout, so the same code paths serve it and ViT-Ti/S/B.
     """
     return ViT(
-        num_classes, variant=SMALL_VIT, image_size=image_size, patch_size=patch_size, rngs=rngs
+        num_classes,
+        variant=SMALL_VIT,
+        image_size=image_size,
+        patch_size=patch_size,
+        scan_layers=scan_layers,
+        rngs=rngs,
     )
 
 

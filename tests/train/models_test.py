@@ -58,3 +58,15 @@ def test_model_init_mismatch_lists_the_parameters(converted, tiny_config):
         models.load_pretrained(small, str(converted), replace_classifier_head=True)
     with pytest.raises(FileNotFoundError, match="grouped_select.convert"):
         models.load_pretrained(small, str(converted / "nowhere"), replace_classifier_head=True)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_scan_layers_reaches_the_vit_and_keeps_its_parameters(tiny_config, scan_layers):
+    tiny_config.model.classifier = "small_vit"
+    tiny_config.model.scan_layers = scan_layers
+    model = models.create_model(tiny_config, 3, seed=0)
+    assert model.classifier.scan_layers is scan_layers
+    # The parameters do not depend on how the blocks run.
+    tiny_config.model.scan_layers = not scan_layers
+    other = models.create_model(tiny_config, 3, seed=0)
+    chex.assert_trees_all_equal(_pure(model), _pure(other))
