@@ -197,7 +197,7 @@ class ViT(nnx.Module):
         Returns:
           [B, 1 + gh * gw, D] final-LayerNorm tokens, class token first.
         """
-        patches = self.patch_embed(x)
+        patches = self.embed_patches(x)
         batch, gh, gw, dim = patches.shape
         if (gh, gw) != self.grid:
             raise ValueError(
@@ -208,6 +208,29 @@ class ViT(nnx.Module):
         tokens = jnp.concatenate([cls, patches.reshape(batch, gh * gw, dim)], axis=1)
         tokens = tokens + self.pos_embed[...]
         return self.norm(self.encode(tokens))
+
+    def embed_patches(self, x: jax.Array) -> jax.Array:
+        """`patch_embed` (a p x p conv with stride p, VALID) as patchify + one matmul.
+
+        Same parameters and values as calling the conv. Written as a matmul because the
+        gradient with respect to the image, which P2P needs (the classifier's input is the
+        masked image), is then a matmul too; XLA's CPU backend ran the conv's input gradient as
+        a base-dilated convolution taking ~29 ms of the paper's 416 ms step at batch 4.
+
+        Args:
+          x: [B, H, W, 3] images.
+
+        Returns:
+          [B, H // p, W // p, D] patch embeddings (rows and columns beyond a multiple of p are
+          dropped, as the VALID conv drops them).
+        """
+        kernel = self.patch_embed.kernel[...]  # [p, p, 3, D]
+        bias = self.patch_embed.bias[...]
+        patch = kernel.shape[0]
+        batch, height, width, channels = x.shape
+        gh, gw = height // patch, width // patch
+        x = x[:, : gh * patch, : gw * patch].reshape(batch, gh, patch, gw, patch, channels)
+        return jnp.einsum("bhpwqc,pqcd->bhwd", x, kernel) + bias
 
     def encode(self, tokens: jax.Array) -> jax.Array:
         """Runs the encoder blocks: [B, N, D] -> [B, N, D].

@@ -103,9 +103,12 @@ def test_load_at_other_image_size(golden, golden_vit, caplog):
         model(jnp.zeros((1, 224, 224, 3)))
 
 
+VIT_TINY_TEST = ViTVariant(hidden_size=32, num_layers=3, num_heads=2, mlp_dim=64)
+
+
 def test_scanned_and_looped_blocks_agree_with_gradients():
     """`scan_layers` changes how the blocks run, not what they compute or their parameters."""
-    variant = ViTVariant(hidden_size=32, num_layers=3, num_heads=2, mlp_dim=64)
+    variant = VIT_TINY_TEST
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
 
     def logits_and_grads(scan_layers):
@@ -130,3 +133,24 @@ def test_scanned_and_looped_blocks_agree_with_gradients():
     # Every block gets its own gradient (not, say, the first block's for all).
     first, last = grads_scan["layers"][0], grads_scan["layers"][2]
     assert not np.allclose(first["mlp"]["fc1"]["kernel"], last["mlp"]["fc1"]["kernel"])
+
+
+@pytest.mark.parametrize("size", [(32, 32), (40, 36)])  # (40, 36): rows / columns dropped
+def test_patch_embedding_equals_the_conv_with_input_gradients(size):
+    model = ViT(5, variant=VIT_TINY_TEST, image_size=32, patch_size=8, rngs=nnx.Rngs(1))
+    x = jax.random.normal(jax.random.key(2), (2, *size, 3))
+
+    @jax.jit
+    def both(x):
+        def embed(x, how):
+            out = model.embed_patches(x) if how == "matmul" else model.patch_embed(x)
+            return jnp.sum(jnp.sin(out)), out
+
+        (_, fast), fast_grad = jax.value_and_grad(embed, has_aux=True)(x, "matmul")
+        (_, conv), conv_grad = jax.value_and_grad(embed, has_aux=True)(x, "conv")
+        return fast, conv, fast_grad, conv_grad
+
+    fast, conv, fast_grad, conv_grad = both(x)
+    chex.assert_equal_shape([fast, conv])
+    np.testing.assert_allclose(fast, conv, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fast_grad, conv_grad, rtol=1e-5, atol=1e-5)
