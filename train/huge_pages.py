@@ -6,9 +6,9 @@ kernel on each call and unmaps it afterwards, so every step touches ~237,000 new
 on the 2-core CPU of `benchmarks/RESULTS.md` a third of the step's CPU time went to the
 kernel's page faults. glibc >= 2.35 can ask the kernel for transparent huge pages on what it
 maps (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, an madvise(MADV_HUGEPAGE)): ~1,000 faults of
-2 MiB per step instead, and fewer TLB misses. The paper's CPU step went from ~615 to
-~435 ms, the built-in benchmark's from 71 to 64 ms; results are unchanged (only where memory
-comes from changes).
+2 MiB per step instead, and fewer TLB misses. The paper's CPU step went from 639 to 456 ms
+(`benchmarks/huge_pages.py`), the built-in benchmark's from 71.4 to 63.8 ms; results are
+unchanged (only where memory comes from changes).
 
 glibc reads its tunables once, at process start, so `reexec_with_huge_pages()` (called first
 thing by `train/main.py` and the other programs) starts the program again with the tunable

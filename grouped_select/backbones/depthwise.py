@@ -6,10 +6,11 @@ XLA's CPU backend lowers a grouped convolution with one channel per group
 Written as k² strided slices of the padded input times the kernel's per-channel taps, the
 same computation is one fused elementwise loop: 10–90x faster there
 (`benchmarks/depthwise.py`). Its gradient is written by hand (`jax.custom_vjp`): autodiff
-would keep all k² shifted slices of the input for the backward pass (~450 MB at MobileNetV3's
-shapes, batch 4, 224²); the hand-written backward keeps only the input and recomputes each
-slice where it is used. Accelerators keep the convolution op (cuDNN / the TPU compiler have
-depthwise kernels), so `depthwise_conv(..., method="auto")` picks by backend.
+would keep all k² shifted slices of the input for the backward pass (~450 MB by count at
+MobileNetV3's shapes, batch 4, 224²); the hand-written backward keeps only the input and
+recomputes each slice where it is used. Accelerators keep the convolution op (cuDNN / the
+TPU compiler have depthwise kernels), so `depthwise_conv(..., method="auto")` picks by
+backend.
 """
 
 import functools

@@ -240,7 +240,7 @@ class ViT(nnx.Module):
         `num_layers`, and on CPU the backward pass gets faster because each block's residual
         gradient is computed once; unrolled, XLA's CPU fusion recomputed it inside the
         weight-gradient transposes of every earlier block (work quadratic in depth).
-        ViT-Ti forward + backward at batch 4, 224², 2-core CPU: 206 ms unrolled, 172–183 ms
+        ViT-Ti forward + backward at batch 4, 224², 2-core CPU: 203–208 ms unrolled, 173–187 ms
         scanned (`benchmarks/RESULTS.md`).
         """
         if not self.scan_layers:
