@@ -9,9 +9,9 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+PROGRAMS = ("main", "evaluate", "compare", "explain", "budget_head")
 SCRIPTS = sorted(
-    [REPO / "train" / f"{name}.py" for name in ("main", "evaluate", "compare", "explain")]
-    + [REPO / "train" / "budget_head.py"]
+    [REPO / "train" / f"{name}.py" for name in PROGRAMS]
     + [p for p in (REPO / "benchmarks").glob("*.py") if p.name not in ("__init__.py", "common.py")]
 )
 
