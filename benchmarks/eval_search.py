@@ -20,7 +20,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import time_fn, write_json  # noqa: E402
 from benchmarks.train_step import make_batch, paper_config  # noqa: E402
-from grouped_select import budget  # noqa: E402
+from grouped_select import (
+    budget,  # noqa: E402
+    color,  # noqa: E402
+)
 from grouped_select.precision import cast_floating  # noqa: E402
 from train import models  # noqa: E402
 
@@ -34,7 +37,7 @@ def bench_dtype(args, dtype: str) -> dict:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params = cast_floating(params, dtype)
     batch = jax.device_put(make_batch(args.batch, args.size, num_regions, 9))
-    x, ids = batch["image"].astype(dtype), batch["region_ids"]
+    x, ids = color.normalize(batch["image"]).astype(dtype), batch["region_ids"]
 
     def searcher(kind: str, chunk: int | None):
         @jax.jit

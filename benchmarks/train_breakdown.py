@@ -18,6 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import time_fn, write_json  # noqa: E402
 from benchmarks.train_step import make_batch, paper_config  # noqa: E402
+from grouped_select import color  # noqa: E402
 from grouped_select.precision import cast_floating  # noqa: E402
 from train import models  # noqa: E402
 
@@ -27,7 +28,7 @@ def part_timings(args, dtype: str) -> dict:
     model = models.create_model(config, 9, seed=0)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     batch = jax.device_put(make_batch(args.batch, args.size, config.data.num_regions, 9))
-    x, ids = batch["image"].astype(dtype), batch["region_ids"]
+    x, ids = color.normalize(batch["image"]).astype(dtype), batch["region_ids"]
     k = config.data.num_regions
 
     def parts(m):

@@ -4,7 +4,8 @@
 
 LR-ASPP MobileNetV3-Large selector + ViT-Ti/16 classifier (the paper's configuration,
 `train/configs/imagenet9.py`), random weights and data, dynamic budget, one Monte-Carlo
-sample; the same jitted, donated step `train/main.py` runs. FLOPs come from XLA's cost
+sample; the same jitted, donated step `train/main.py` runs, colour jitter and normalisation
+of the uint8 batch included. FLOPs come from XLA's cost
 analysis of the compiled step; MFU is against the dense bfloat16 peak given by --peak-tflops.
 """
 
@@ -21,17 +22,30 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import compiled_flops, time_fn, write_json  # noqa: E402
 from benchmarks.pooling import slic_like_ids  # noqa: E402
+from grouped_select import data  # noqa: E402
 from train import models, steps  # noqa: E402
 from train.steps import create_optimizer, initial_state, step_settings  # noqa: E402
 
 
-def make_batch(batch: int, size: int, num_regions: int, num_classes: int) -> dict:
+def make_batch(
+    batch: int, size: int, num_regions: int, num_classes: int, jitter: tuple | None = None
+) -> dict:
+    """A random batch as the input pipeline yields it: uint8 images and, with `jitter`
+    (brightness, contrast, saturation, hue), each image's colour-jitter parameters."""
     rng = np.random.default_rng(0)
-    return {
-        "image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+    out = {
+        "image": rng.integers(0, 256, size=(batch, size, size, 3), dtype=np.uint8),
         "region_ids": slic_like_ids(batch, size, min(num_regions, 100)),
         "label": rng.integers(0, num_classes, size=(batch,)).astype(np.int32),
     }
+    if jitter:
+        b, c, s, h = jitter
+        drawn = [
+            data.sample_color_jitter(rng, brightness=b, contrast=c, saturation=s, hue=h)
+            for _ in range(batch)
+        ]
+        out.update({k: np.stack([d[k] for d in drawn]) for k in data.JITTER_KEYS})
+    return out
 
 
 def paper_config(name: str, size: int, dtype: str, scan_layers: bool = True):
@@ -56,8 +70,9 @@ def bench_dtype(args, dtype: str) -> dict:
         ),
         donate_argnums=0,
     )
-    batch = jax.device_put(make_batch(args.batch, args.size, config.data.num_regions, num_classes))
-    state = jax.device_put(state)
+    jitter = tuple(config.data.color_jitter) or None  # applied in the step, as in training
+    batch = make_batch(args.batch, args.size, config.data.num_regions, num_classes, jitter)
+    batch, state = jax.device_put(batch), jax.device_put(state)
     compiled = step.lower(state, batch).compile()  # compiled once: timed and cost-analysed
     flops = compiled_flops(compiled)
     holder = {"state": state}
@@ -70,6 +85,7 @@ def bench_dtype(args, dtype: str) -> dict:
     seconds = timing["median_s"]
     return {
         **timing,
+        "color_jitter_in_step": jitter is not None,
         "median_ms": 1e3 * seconds,
         "images_per_s": args.batch / seconds,
         "flops_per_step": flops,

@@ -6,6 +6,7 @@ The library is pure functions plus NNX modules with explicit arguments:
 - `objective`: the P2P loss terms and their schedules.
 - `selector`, `model`: the selector module and the `P2P` model.
 - `budget`: the dynamic budget search at inference.
+- `color`: ImageNet normalisation and colour jitter of uint8 batches, on the accelerator.
 """
 
 from grouped_select.budget import BudgetSearch, budget_grid, dynamic_budget_search

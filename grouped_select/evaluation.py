@@ -298,12 +298,6 @@ class GalleryExample(NamedTuple):
     kept_pixels: float
 
 
-def denormalize(images: ArrayLike) -> np.ndarray:
-    """ImageNet-normalised images [..., 3] -> uint8 RGB [..., 3]."""
-    x = np.asarray(images, np.float32) * selection.IMAGENET_STD + selection.IMAGENET_MEAN
-    return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
-
-
 def _fraction_key(t: float) -> str:
     return f"{float(t):g}"
 
@@ -364,7 +358,7 @@ class EvalAccumulator:
         labels: ArrayLike,
         valid: ArrayLike,
         has_mask: ArrayLike,
-        images: ArrayLike | None = None,
+        pixels: ArrayLike | None = None,
         region_ids: ArrayLike | None = None,
     ) -> None:
         """Adds one batch; padding (valid False) is ignored.
@@ -374,7 +368,8 @@ class EvalAccumulator:
           labels: [B] true classes.
           valid: [B] False for padding examples.
           has_mask: [B] whether the example has a ground-truth object mask.
-          images: [B, H, W, 3] normalised inputs (only needed to fill the gallery).
+          pixels: [B, H, W, 3] uint8 RGB images, as the input pipeline yields them (only
+            needed to fill the gallery).
           region_ids: [B, H, W] superpixel ids (only needed to fill the gallery).
         """
         r = BatchResults(*(np.asarray(v) for v in jax.device_get(tuple(results))))
@@ -401,15 +396,15 @@ class EvalAccumulator:
         background = r.region_sizes[with_mask].astype(np.float64) - objects
         scores = r.region_probs[with_mask].astype(np.float64).ravel()
         self.pxap.update_counts(scores, objects.ravel(), background.ravel())
-        if images is not None and region_ids is not None:
-            self._add_gallery(r, probs, labels, valid, images, region_ids)
+        if pixels is not None and region_ids is not None:
+            self._add_gallery(r, probs, labels, valid, pixels, region_ids)
 
-    def _add_gallery(self, r, probs, labels, valid, images, region_ids) -> None:
+    def _add_gallery(self, r, probs, labels, valid, pixels, region_ids) -> None:
         need = self.gallery_size - len(self.gallery)
         if need <= 0:
             return
         picked = np.flatnonzero(valid)[:need]
-        pixels = denormalize(np.asarray(images)[picked])
+        pixels = np.asarray(pixels, np.uint8)[picked]
         ids = np.asarray(region_ids)[picked]
         for j, i in enumerate(picked):
             prediction = int(np.argmax(probs[i]))

@@ -14,7 +14,8 @@ import numpy as np
 from flax import nnx
 
 from grouped_select import budget as budget_lib
-from grouped_select.data.augment import eval_transform, normalize
+from grouped_select import color
+from grouped_select.data.augment import eval_transform
 from grouped_select.data.folders import read_image
 from grouped_select.data.superpixels import slic_regions
 from grouped_select.model import P2P
@@ -108,7 +109,8 @@ def prepare_image(
     ids = slic_regions(
         pixels, n_segments=n_segments, compactness=compactness, num_regions=num_regions
     )
-    return PreparedImage(pixels, normalize(pixels)[None], ids[None].astype(np.int32))
+    x = np.asarray(color.normalize(pixels))[None]
+    return PreparedImage(pixels, x, ids[None].astype(np.int32))
 
 
 def explain(

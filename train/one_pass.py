@@ -11,17 +11,18 @@ REPORT_FILE = "budget_head.json"
 
 
 def _search_and_features(model, num_regions, certainty, budget_step):
-    """Jitted (images, ids) -> (pooled features [B, F], searched τ* [B], search outputs)."""
+    """Jitted (uint8 images, ids) -> (pooled features [B, F], searched τ* [B], search outputs)."""
     import jax
     from flax import nnx
 
-    from grouped_select import budget, budget_head
+    from grouped_select import budget, budget_head, color
 
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def run(state, images, region_ids):
+    def run(state, pixels, region_ids):
         m = nnx.merge(graphdef, state)
+        images = color.normalize(pixels)
         search = budget.dynamic_budget_search(
             m, images, region_ids, certainty, num_regions=num_regions, step=budget_step
         )
@@ -35,13 +36,14 @@ def _one_pass(model, head, num_regions):
     import jax
     from flax import nnx
 
-    from grouped_select import budget_head
+    from grouped_select import budget_head, color
 
     graphdef, state = nnx.split((model, head))
 
     @jax.jit
-    def run(state, images, region_ids):
+    def run(state, pixels, region_ids):
         m, h = nnx.merge(graphdef, state)
+        images = color.normalize(pixels)
         return budget_head.one_pass_forward(m, h, images, region_ids, num_regions=num_regions)
 
     return lambda images, ids: run(state, images, ids)

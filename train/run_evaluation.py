@@ -68,7 +68,7 @@ def evaluate_run(
     from jax.sharding import NamedSharding, PartitionSpec
     from tqdm import tqdm
 
-    from grouped_select import evaluation, regions
+    from grouped_select import color, evaluation, regions
     from grouped_select import report as report_lib
     from grouped_select import saliency as saliency_lib
     from train import checkpointing, input_pipeline
@@ -154,25 +154,27 @@ def evaluate_run(
     bar = tqdm(
         total=num_examples, desc=f"evaluate {split}", unit="img", disable=not progress, leave=False
     )
+    normalize = jax.jit(color.normalize)  # the pipeline yields uint8 images
     start, seen = time.perf_counter(), 0
     for local_batch in data.eval_batches(config):
         valid = local_batch["valid"].astype(bool)
         if black_box or pixel_regions:
             local_batch["region_ids"] = np.asarray(regions.pixel_region_ids(len(valid), size, size))
         batch = input_pipeline.to_global(local_batch, mesh)
+        images = normalize(batch["image"])
         if black_box:
             # Padding examples (valid False, always last) keep everything.
             kept = np.ones(len(valid), np.float32)
             kept[valid] = kept_target[seen : seen + int(valid.sum())]
-            results = explain(batch["image"], batch["mask"], kept)
+            results = explain(images, batch["mask"], kept)
         else:
-            results = evaluate(batch["image"], batch["region_ids"], batch["mask"])
+            results = evaluate(images, batch["region_ids"], batch["mask"])
         acc.update(
             results,
             local_batch["label"],
             valid,
             local_batch["has_mask"],
-            images=local_batch["image"],
+            pixels=local_batch["image"],
             region_ids=local_batch["region_ids"],
         )
         seen += int(valid.sum())

@@ -17,7 +17,7 @@ import optax
 from flax import nnx, struct
 
 from grouped_select import budget as budget_lib
-from grouped_select import metrics, objective, regions, selection
+from grouped_select import color, metrics, objective, regions, selection
 from grouped_select.precision import cast_floating
 
 
@@ -208,7 +208,8 @@ def train_step(
 
     Args:
       state: the `TrainState`.
-      batch: "image" [B, H, W, 3] float32, "region_ids" [B, H, W] int32, "label" [B] int32.
+      batch: "image" [B, H, W, 3] uint8, "region_ids" [B, H, W] int32, "label" [B] int32,
+        and optionally "jitter_factors" [B, 4], "jitter_order" [B, 4] (see `input_images`).
       graphdef: the model's graph definition (training mode).
       optimizer: the optax transformation.
       settings: static hyperparameters.
@@ -223,7 +224,7 @@ def train_step(
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     key_budget, key_model = jax.random.split(key)
     temperature, sparsity_weight = schedules(state.step, s)
-    images, ids, labels = batch["image"], batch["region_ids"], batch["label"]
+    images, ids, labels = input_images(batch, s), batch["region_ids"], batch["label"]
     if s.dynamic_budget:
         budget = jax.random.uniform(key_budget, labels.shape, jnp.float32, s.min_budget, 1.0)
         loss_budget = budget
@@ -235,7 +236,7 @@ def train_step(
     def loss_fn(params, rest):
         model = nnx.merge(graphdef, cast_floating(params, s.compute_dtype), rest, copy=True)
         out = model.train_forward(
-            images.astype(s.compute_dtype),
+            images,
             ids,
             key_model,
             num_regions=s.num_regions,
@@ -286,6 +287,26 @@ def train_step(
     return new_state, step_metrics
 
 
+def input_images(batch: dict[str, jax.Array], settings: StepSettings) -> jax.Array:
+    """The model's input from a batch of the input pipeline, on the accelerator.
+
+    Colour jitter (when the batch carries its parameters: training with
+    `config.data.color_jitter`), then ImageNet normalisation, in the compute dtype.
+
+    Args:
+      batch: "image" [B, H, W, 3] uint8, optionally "jitter_factors" [B, 4] float32 and
+        "jitter_order" [B, 4] int32.
+      settings: static hyperparameters (the compute dtype).
+
+    Returns:
+      [B, H, W, 3] normalised images in `settings.compute_dtype`.
+    """
+    images = batch["image"]
+    if "jitter_factors" in batch:
+        images = color.color_jitter(images, batch["jitter_factors"], batch["jitter_order"])
+    return color.normalize(images).astype(settings.compute_dtype)
+
+
 def with_region_ids(batch: dict[str, jax.Array], settings: StepSettings) -> dict[str, jax.Array]:
     """The batch with the region ids the model uses: the superpixels, or one region per
     pixel (`config.p2p.regions = "pixels"`, the paper's pixel-level ablation)."""
@@ -296,7 +317,7 @@ def with_region_ids(batch: dict[str, jax.Array], settings: StepSettings) -> dict
 
 def _black_box_train_step(state, batch, graphdef, optimizer, s: StepSettings):
     """`train_step` of the black-box baseline: cross-entropy on full images."""
-    images, labels = batch["image"].astype(s.compute_dtype), batch["label"]
+    images, labels = input_images(batch, s), batch["label"]
 
     def loss_fn(params, rest):
         model = nnx.merge(graphdef, cast_floating(params, s.compute_dtype), rest, copy=True)
@@ -370,7 +391,7 @@ def eval_step(
     """
     s = settings
     model = nnx.merge(graphdef, cast_floating(params, s.compute_dtype), rest)
-    images = batch["image"].astype(s.compute_dtype)
+    images = input_images(batch, s)
     weight = batch["valid"].astype(jnp.float32)
     out: dict[str, jax.Array] = {}
     if s.model_kind == "black_box":

@@ -18,12 +18,9 @@ See docs/data.md for preparing ImageNet, ImageNet-9, BAM, COCO-10 and tfds catal
 """
 
 from grouped_select.data.augment import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    color_jitter,
     crop_and_resize,
     eval_transform,
-    normalize,
+    sample_color_jitter,
     train_augment,
 )
 from grouped_select.data.builders import (
@@ -42,6 +39,7 @@ from grouped_select.data.builders import (
 from grouped_select.data.folders import LAYOUTS, CorruptFileError
 from grouped_select.data.pipeline import (
     BATCH_KEYS,
+    JITTER_KEYS,
     decode_into_memory,
     eval_dataset,
     eval_iterator,
@@ -65,8 +63,7 @@ __all__ = [
     "DEFAULT_COMPACTNESS",
     "DEFAULT_NUM_REGIONS",
     "DEFAULT_N_SEGMENTS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
+    "JITTER_KEYS",
     "LAYOUTS",
     "SHAPE_NAMES",
     "TFDS_CATALOG",
@@ -74,7 +71,6 @@ __all__ = [
     "P2pFolders",
     "P2pShapes",
     "P2pTfds",
-    "color_jitter",
     "crop_and_resize",
     "decode_into_memory",
     "eval_dataset",
@@ -84,11 +80,11 @@ __all__ = [
     "folder_config",
     "limit_regions",
     "make_global_batch",
-    "normalize",
     "prepare_folders",
     "prepare_from_tfds",
     "prepare_shapes",
     "relabel_consecutive",
+    "sample_color_jitter",
     "shapes_config",
     "slic_regions",
     "tfds_source_config",

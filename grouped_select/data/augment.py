@@ -5,26 +5,21 @@ all three arrays with the same crop box: the image is resampled bilinearly by PI
 antialiases when shrinking, like torchvision), ids and mask by nearest neighbour at the same
 pixel centres, so they stay aligned. After the crop, ids are relabelled to consecutive ids of
 the regions still present and kept below `num_regions` (`superpixels.limit_regions`). Colour
-jitter touches the image only and follows torchvision's PIL implementation.
+jitter touches the image only and follows torchvision's PIL implementation; its parameters are
+drawn here, per example, and applied on the accelerator by `grouped_select.color` (so the
+pipeline ships uint8 images and normalisation happens there too).
 
 Ids come from SLIC on the stored (un-augmented) image; the reference recomputes SLIC after
 augmentation instead, which costs ~38 ms per 224^2 image per epoch.
 """
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image
 
+from grouped_select.color import HUE, SKIP
 from grouped_select.data.superpixels import limit_regions
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
 Box = tuple[float, float, float, float]  # (top, left, height, width) in source pixels.
-
-
-def normalize(image: np.ndarray) -> np.ndarray:
-    """ImageNet normalisation: [..., 3] uint8 -> float32 (x / 255 - mean) / std."""
-    return (np.asarray(image, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
 def random_resized_crop_box(
@@ -105,44 +100,41 @@ def crop_and_resize(
     return np.asarray(out), region_ids[np.ix_(rows, cols)], mask[np.ix_(rows, cols)]
 
 
-def color_jitter(
-    image: np.ndarray,
+def sample_color_jitter(
     rng: np.random.Generator,
     *,
     brightness: float = 0.4,
     contrast: float = 0.4,
     saturation: float = 0.4,
     hue: float = 0.2,
-) -> np.ndarray:
-    """torchvision ColorJitter on a uint8 image: the four adjustments in random order.
+) -> dict[str, np.ndarray]:
+    """One image's torchvision ColorJitter parameters; `color.color_jitter` applies them.
+
+    Draws as torchvision does: a random order of the four adjustments, then each enabled
+    one's factor in that order.
 
     Args:
-      image: [H, W, 3] uint8.
       rng: Generator.
-      brightness, contrast, saturation: factors drawn from [max(0, 1 - x), 1 + x].
-      hue: shift drawn from [-hue, hue] (fraction of the hue circle).
+      brightness, contrast, saturation: factors drawn from [max(0, 1 - x), 1 + x]; 0 skips.
+      hue: shift drawn from [-hue, hue] (fraction of the hue circle); 0 skips.
 
     Returns:
-      [H, W, 3] uint8.
+      "jitter_factors" [4] float32 (brightness, contrast, saturation factors; hue shift in
+      steps of 1/256 of the circle, int(shift * 255) as torchvision's PIL path) and
+      "jitter_order" [4] int32 (operation ids in the order applied, -1 for skipped ones).
     """
-    pil = Image.fromarray(image)
-    for op in rng.permutation(4):
-        if op == 0 and brightness > 0:
-            f = rng.uniform(max(0.0, 1 - brightness), 1 + brightness)
-            pil = ImageEnhance.Brightness(pil).enhance(f)
-        elif op == 1 and contrast > 0:
-            f = rng.uniform(max(0.0, 1 - contrast), 1 + contrast)
-            pil = ImageEnhance.Contrast(pil).enhance(f)
-        elif op == 2 and saturation > 0:
-            f = rng.uniform(max(0.0, 1 - saturation), 1 + saturation)
-            pil = ImageEnhance.Color(pil).enhance(f)
-        elif op == 3 and hue > 0:
-            shift = rng.uniform(-hue, hue)
-            h, s, v = pil.convert("HSV").split()
-            h_arr = (np.asarray(h, dtype=np.uint8).astype(np.int16) + int(shift * 255)) % 256
-            h = Image.fromarray(h_arr.astype(np.uint8), "L")
-            pil = Image.merge("HSV", (h, s, v)).convert("RGB")
-    return np.asarray(pil)
+    factors = np.ones(4, np.float32)
+    factors[3] = 0.0
+    order = np.full(4, SKIP, np.int32)
+    for position, op in enumerate(rng.permutation(4)):
+        if op == HUE and hue > 0:
+            factors[op] = int(rng.uniform(-hue, hue) * 255)
+        elif op != HUE and (strength := (brightness, contrast, saturation)[op]) > 0:
+            factors[op] = rng.uniform(max(0.0, 1 - strength), 1 + strength)
+        else:
+            continue
+        order[position] = op
+    return {"jitter_factors": factors, "jitter_order": order}
 
 
 def _finish(
@@ -168,7 +160,7 @@ def train_augment(
     hflip: bool = True,
     jitter: tuple[float, float, float, float] | None = (0.4, 0.4, 0.4, 0.2),
 ) -> dict[str, np.ndarray]:
-    """Random resized crop + horizontal flip (joint) and colour jitter (image only).
+    """Random resized crop + horizontal flip (joint), and colour-jitter parameters.
 
     Args:
       image: [H, W, 3] uint8.
@@ -180,22 +172,25 @@ def train_augment(
       crop_scale: area fraction range of the crop.
       crop_ratio: aspect ratio range of the crop.
       hflip: flip horizontally with probability 0.5.
-      jitter: (brightness, contrast, saturation, hue), or None for no colour jitter.
+      jitter: (brightness, contrast, saturation, hue), or None for no colour jitter. The
+        jitter itself runs on the accelerator (`color.color_jitter`), from the parameters
+        drawn here.
 
     Returns:
-      dict image [S, S, 3] uint8, region_ids [S, S] int32, mask [S, S] uint8.
+      dict image [S, S, 3] uint8, region_ids [S, S] int32, mask [S, S] uint8, and with
+      jitter "jitter_factors" [4] float32 and "jitter_order" [4] int32
+      (`sample_color_jitter`).
     """
     height, width = region_ids.shape
     box = random_resized_crop_box(rng, height, width, scale=crop_scale, ratio=crop_ratio)
     image, region_ids, mask = crop_and_resize(image, region_ids, mask, box, image_size)
     if hflip and rng.random() < 0.5:
         image, region_ids, mask = image[:, ::-1], region_ids[:, ::-1], mask[:, ::-1]
+    out = _finish(image, region_ids, mask, num_regions)
     if jitter is not None:
         b, c, s, h = jitter
-        image = color_jitter(
-            np.ascontiguousarray(image), rng, brightness=b, contrast=c, saturation=s, hue=h
-        )
-    return _finish(image, region_ids, mask, num_regions)
+        out.update(sample_color_jitter(rng, brightness=b, contrast=c, saturation=s, hue=h))
+    return out
 
 
 def eval_transform(

@@ -5,12 +5,17 @@ Sources are random-access sequences of examples as stored by the builders in `bu
 uint8, "region_ids" [H, W], "mask" [H, W], "label" and "has_mask".
 
 Every batch is a dict of per-process numpy arrays (B = global_batch_size / process_count):
-  image       float32 [B, S, S, 3]  ImageNet-normalised
+  image       uint8   [B, S, S, 3]  RGB; the jitted step normalises it (`color.normalize`)
   region_ids  int32   [B, S, S]     in [0, num_regions), consecutive per image
   mask        uint8   [B, S, S]     ground-truth object mask (zeros where has_mask is False)
   label       int32   [B]
   has_mask    bool    [B]           whether the example has a ground-truth mask
   valid       bool    [B]           False for padding in the last evaluation batches
+and, in training batches with colour jitter, the per-image parameters that the jitted step
+applies on the accelerator (`color.color_jitter`; on the host it was ~40 % of an example's
+CPU time at 224², and uint8 images are a quarter of float32's bytes to move):
+  jitter_factors  float32 [B, 4]
+  jitter_order    int32   [B, 4]
 
 `make_global_batch` turns it into jax.Arrays sharded over a mesh's "data" axis. Iterators are
 grain `DatasetIterator`s: `it.get_state()` / `it.set_state(state)` save and restore the
@@ -29,9 +34,10 @@ import numpy as np
 from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from grouped_select.data.augment import eval_transform, normalize, train_augment
+from grouped_select.data.augment import eval_transform, train_augment
 
 BATCH_KEYS = ("image", "region_ids", "mask", "label", "has_mask", "valid")
+JITTER_KEYS = ("jitter_factors", "jitter_order")
 
 
 def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
@@ -54,14 +60,16 @@ def _local_batch_size(global_batch_size: int, shard_count: int) -> int:
 def _output(example: Mapping[str, Any], view: Mapping[str, np.ndarray], valid: bool) -> dict:
     has_mask = bool(example.get("has_mask", True))
     mask = view["mask"] if has_mask else np.zeros_like(view["mask"])
-    return {
-        "image": normalize(view["image"]),
+    out = {
+        "image": view["image"],
         "region_ids": view["region_ids"].astype(np.int32),
         "mask": mask.astype(np.uint8),
         "label": np.int32(example["label"]),
         "has_mask": np.bool_(has_mask),
         "valid": np.bool_(valid),
     }
+    out.update({k: view[k] for k in JITTER_KEYS if k in view})
+    return out
 
 
 def _train_map(

@@ -10,23 +10,35 @@ import optax
 import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
+from PIL import Image, ImageEnhance
 
+from grouped_select import color, data
 from train import models, steps
 
 BATCH, SIZE, NUM_REGIONS, NUM_CLASSES = 8, 32, 32, 4
 
 
-def _batch(seed=0):
+def _batch(seed=0, jitter=(0.4, 0.4, 0.4, 0.2)):
+    """A batch as the input pipeline yields it; with `jitter`, a training batch's colour-jitter
+    parameters (brightness, contrast, saturation, hue)."""
     rng = np.random.default_rng(seed)
     tiles = rng.integers(0, NUM_REGIONS, size=(BATCH, SIZE // 4, SIZE // 4))
-    return {
-        "image": rng.normal(size=(BATCH, SIZE, SIZE, 3)).astype(np.float32),
+    batch = {
+        "image": rng.integers(0, 256, size=(BATCH, SIZE, SIZE, 3), dtype=np.uint8),
         "region_ids": np.repeat(np.repeat(tiles, 4, 1), 4, 2).astype(np.int32),
         "label": rng.integers(0, NUM_CLASSES, size=(BATCH,)).astype(np.int32),
         "mask": (rng.uniform(size=(BATCH, SIZE, SIZE)) > 0.5).astype(np.uint8),
         "has_mask": np.ones((BATCH,), bool),
         "valid": np.array([True] * (BATCH - 1) + [False]),
     }
+    if jitter:
+        b, c, s, h = jitter
+        drawn = [
+            data.sample_color_jitter(rng, brightness=b, contrast=c, saturation=s, hue=h)
+            for _ in range(BATCH)
+        ]
+        batch.update({k: np.stack([d[k] for d in drawn]) for k in data.JITTER_KEYS})
+    return batch
 
 
 def _setup(tiny_config, optimizer=None):
@@ -94,7 +106,7 @@ def test_step_metrics_and_schedules(tiny_config):
 def test_eval_step_excludes_padding_and_reports_every_certainty(tiny_config):
     model, graphdef, state, _, settings = _setup(tiny_config)
     eval_def = steps.eval_graphdef(model)
-    batch = _batch(3)
+    batch = _batch(3, jitter=None)
     sums = jax.jit(functools.partial(steps.eval_step, graphdef=eval_def, settings=settings))(
         state.params, state.rest, batch
     )
@@ -120,7 +132,7 @@ def test_paper_backbones_train_and_update_batchnorm_statistics(tiny_config):
     settings = steps.step_settings(tiny_config, steps_per_epoch=4)
     rng = np.random.default_rng(0)
     batch = {
-        "image": rng.normal(size=(2, 64, 64, 3)).astype(np.float32),
+        "image": rng.integers(0, 256, size=(2, 64, 64, 3), dtype=np.uint8),
         "region_ids": rng.integers(0, NUM_REGIONS, size=(2, 64, 64)).astype(np.int32),
         "label": np.array([0, 1], np.int32),
     }
@@ -144,8 +156,8 @@ def test_black_box_step_is_cross_entropy_on_full_images(tiny_config):
     tiny_config.model.kind = "black_box"
     model, graphdef, state, optimizer, settings = _setup(tiny_config, optax.sgd(1.0))
     assert set(nnx.state(model).keys()) == {"classifier"}  # no selector
-    batch = _batch(4)
-    logits = model(jnp.asarray(batch["image"]))
+    batch = _batch(4, jitter=None)
+    logits = model(color.normalize(batch["image"]))
     want_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
     step = jax.jit(
         functools.partial(
@@ -210,3 +222,41 @@ def test_stable_decay_learning_rate_is_constant_then_linear_to_zero(tiny_config)
     tiny_config.optim.decay_fraction = 0.0
     with pytest.raises(ValueError, match="decay_fraction"):
         steps.create_optimizer(tiny_config, total_steps=8)
+
+
+def _pillow_jitter(image, factors, order):
+    """Brightness, contrast and saturation as torchvision's PIL path applies them."""
+    enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+    pil = Image.fromarray(image)
+    for op in order[order >= 0]:
+        pil = enhancers[op](pil).enhance(float(factors[op]))
+    return np.asarray(pil)
+
+
+def test_train_step_applies_the_batchs_color_jitter(tiny_config):
+    """The step jitters and normalises the uint8 images: a batch carrying jitter parameters
+    trains exactly like the same images jittered beforehand by Pillow."""
+    _, graphdef, state, optimizer, settings = _setup(tiny_config)
+    step = jax.jit(
+        functools.partial(
+            steps.train_step, graphdef=graphdef, optimizer=optimizer, settings=settings
+        )
+    )
+    batch = _batch(6, jitter=(0.4, 0.4, 0.4, 0.0))  # no hue: Pillow-exact on the device
+    plain = {k: v for k, v in batch.items() if k not in data.JITTER_KEYS}
+    jittered = dict(plain)
+    jittered["image"] = np.stack(
+        [
+            _pillow_jitter(*args)
+            for args in zip(
+                batch["image"], batch["jitter_factors"], batch["jitter_order"], strict=True
+            )
+        ]
+    )
+    loss = {name: float(step(state, b)[1]["loss"]) for name, b in (
+        ("params", batch), ("pillow", jittered), ("plain", plain))}  # fmt: skip
+    np.testing.assert_allclose(loss["params"], loss["pillow"], rtol=1e-6)
+    assert abs(loss["params"] - loss["plain"]) > 1e-4
+
+    with pytest.raises(ValueError, match="uint8"):
+        step(state, {**plain, "image": color.normalize(plain["image"])})

@@ -109,31 +109,31 @@ def test_eval_transform_centre_crop():
     np.testing.assert_array_equal(out["mask"], mask[3:45, 11:53])
 
 
-def test_color_jitter_changes_image_only_and_identity_at_zero():
+def test_color_jitter_parameters_change_image_only():
+    """With jitter, train_augment returns the same geometry plus the jitter parameters, and
+    draws them the way torchvision does (a permutation, then each enabled factor)."""
     image, ids, mask, _, _ = _scene()
-    rng = np.random.default_rng(0)
-    same = augment.color_jitter(image, rng, brightness=0, contrast=0, saturation=0, hue=0)
-    np.testing.assert_array_equal(same, image)
-    changed = augment.color_jitter(image, rng)
-    assert changed.shape == image.shape and changed.dtype == np.uint8
-    assert np.abs(changed.astype(int) - image).mean() > 1
-    out = augment.train_augment(
-        image, ids, mask, np.random.default_rng(1), image_size=48, num_regions=48,
-        crop_scale=(1.0, 1.0), crop_ratio=(4 / 3, 4 / 3), hflip=False,
+    kwargs = dict(
+        image_size=48, num_regions=48, crop_scale=(1.0, 1.0), crop_ratio=(4 / 3, 4 / 3),
+        hflip=False,
     )  # fmt: skip
-    plain = augment.train_augment(
-        image, ids, mask, np.random.default_rng(1), image_size=48, num_regions=48,
-        crop_scale=(1.0, 1.0), crop_ratio=(4 / 3, 4 / 3), hflip=False, jitter=None,
-    )  # fmt: skip
-    np.testing.assert_array_equal(out["region_ids"], plain["region_ids"])
-    np.testing.assert_array_equal(out["mask"], plain["mask"])
-    assert not np.array_equal(out["image"], plain["image"])
+    out = augment.train_augment(image, ids, mask, np.random.default_rng(1), **kwargs)
+    plain = augment.train_augment(image, ids, mask, np.random.default_rng(1), jitter=None, **kwargs)
+    assert set(out) - set(plain) == {"jitter_factors", "jitter_order"}
+    for k in plain:
+        np.testing.assert_array_equal(out[k], plain[k])
 
-
-def test_normalize_values():
-    x = np.array([[[0, 255, 124]]], np.uint8)
-    y = augment.normalize(x)
-    assert y.dtype == np.float32
-    np.testing.assert_allclose(
-        y[0, 0], [-0.485 / 0.229, (1 - 0.456) / 0.224, (124 / 255 - 0.406) / 0.225], rtol=1e-6
-    )
+    rng = np.random.default_rng(5)
+    p = augment.sample_color_jitter(rng, brightness=0.4, contrast=0.0, saturation=0.4, hue=0.2)
+    want = np.random.default_rng(5)
+    order = want.permutation(4)
+    factors = {}
+    for op in order:
+        if op == 1:
+            continue
+        factors[op] = int(want.uniform(-0.2, 0.2) * 255) if op == 3 else want.uniform(0.6, 1.4)
+    np.testing.assert_array_equal(p["jitter_order"], np.where(order == 1, -1, order))
+    assert p["jitter_factors"][1] == 1.0  # contrast disabled: identity factor, skipped
+    for op, f in factors.items():
+        assert p["jitter_factors"][op] == np.float32(f)
+    assert p["jitter_factors"].dtype == np.float32 and p["jitter_order"].dtype == np.int32

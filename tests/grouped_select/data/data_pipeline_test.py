@@ -21,14 +21,16 @@ def test_train_batches_shapes_dtypes_and_values(tiny_shapes):
         seed=0,
     )
     batch = next(it)
-    assert set(batch) == set(data.BATCH_KEYS)
-    assert batch["image"].shape == (8, 24, 24, 3) and batch["image"].dtype == np.float32
+    assert set(batch) == set(data.BATCH_KEYS) | set(data.JITTER_KEYS)
+    assert batch["image"].shape == (8, 24, 24, 3) and batch["image"].dtype == np.uint8
     assert batch["region_ids"].shape == (8, 24, 24) and batch["region_ids"].dtype == np.int32
     assert batch["mask"].shape == (8, 24, 24) and batch["mask"].dtype == np.uint8
     assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
     assert batch["valid"].all() and batch["has_mask"].all()
-    pixels = batch["image"] * data.IMAGENET_STD + data.IMAGENET_MEAN  # Undo normalisation.
-    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5 and pixels.std() > 0.05
+    assert batch["image"].std() > 10
+    assert batch["jitter_factors"].shape == (8, 4) and batch["jitter_order"].shape == (8, 4)
+    for order in batch["jitter_order"]:  # the default jitter enables all four adjustments
+        assert sorted(order) == [0, 1, 2, 3]
     for ids in batch["region_ids"]:
         np.testing.assert_array_equal(np.unique(ids), np.arange(ids.max() + 1))
         assert ids.max() < 128
@@ -110,7 +112,7 @@ def test_eval_shards_cover_each_example_once_with_equal_batches(tiny_shapes):
     single = list(data.eval_iterator(src, shard_index=0, shard_count=1, **kwargs))
     assert [int(b["valid"].sum()) for b in single] == [6, 6, 6, 2]
     # crop_fraction=1 at the stored size is the identity: images are the stored ones.
-    stored = np.stack([data.normalize(src[i]["image"]) for i in range(len(src))])
+    stored = np.stack([src[i]["image"] for i in range(len(src))])
     np.testing.assert_array_equal(np.concatenate([b["image"] for b in single])[:20], stored)
 
     shards = [
