@@ -3,10 +3,11 @@
 Measures, on this machine:
   * render and SLIC time per image (one process) at 64^2 and 224^2;
   * preparation of the built-in benchmark (render + SLIC + write, all cores), images/s;
-  * the cost of each training-pipeline stage per example (read + decode, crop, flip, colour
-    jitter, relabel, normalise), one core;
-  * training pipeline throughput (decode + random resized crop + flip + colour jitter +
-    relabel + normalise + batch), images/s, for several grain worker counts;
+  * the cost of each training-pipeline stage per example (read + decode, crop, flip, drawing
+    the colour-jitter parameters, relabel), one core, and of the colour jitter + normalisation
+    that the training step applies to the uint8 batch (on this machine's JAX device);
+  * training pipeline throughput (decode + random resized crop + flip + jitter parameters +
+    relabel + batch), images/s, for several grain worker counts;
   * evaluation pipeline throughput.
 
 Usage:
@@ -22,11 +23,13 @@ import sys
 import tempfile
 import time
 
+import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from grouped_select import data  # noqa: E402
+from benchmarks.common import time_fn  # noqa: E402
+from grouped_select import color, data  # noqa: E402
 from grouped_select.data import augment, superpixels, synthetic  # noqa: E402
 
 
@@ -73,8 +76,10 @@ def _throughput(iterator, batch_size: int, batches: int, warmup: int) -> float:
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def _stage_costs(source, image_size: int, n: int = 100) -> dict:
-    """Milliseconds per example of each training-pipeline stage, one core, in order."""
+def _stage_costs(source, image_size: int, n: int = 100, batch_size: int = 64) -> dict:
+    """Milliseconds per example of each training-pipeline stage, one core, in order; then the
+    colour jitter and normalisation that the training step runs on the accelerator (here on
+    this machine's default JAX device), per example of a batch."""
     rng = np.random.default_rng(0)
     examples = [source[i % len(source)] for i in range(n)]  # warm the reader
     start = time.perf_counter()
@@ -95,10 +100,20 @@ def _stage_costs(source, image_size: int, n: int = 100) -> dict:
 
     views = stage("crop_and_resize", crop, examples)
     images = stage("flip", lambda v: np.ascontiguousarray(v[0][:, ::-1]), views)
-    stage("colour_jitter", lambda image: augment.color_jitter(image, rng), images)
+    params = stage("jitter_parameters", lambda _: augment.sample_color_jitter(rng), images)
     num_regions = data.DEFAULT_NUM_REGIONS
     stage("relabel", lambda v: superpixels.limit_regions(v[1], num_regions), views)
-    stage("normalise", augment.normalize, images)
+    costs["host_total_ms"] = sum(costs.values())
+
+    batch = np.stack([images[i % n] for i in range(batch_size)])
+    factors, order = (
+        np.stack([params[i % n][k] for i in range(batch_size)]) for k in data.JITTER_KEYS
+    )
+    on_device = jax.jit(lambda x, f, o: color.normalize(color.color_jitter(x, f, o)))
+    args = jax.device_put((batch, factors, order))
+    timing = time_fn(lambda a: on_device(*a), args, warmup=2, repeats=5, inner=1)
+    costs["step_jitter_and_normalise_ms"] = 1e3 * timing["median_s"] / batch_size
+    costs["step_device"] = str(jax.devices()[0].device_kind)
     return costs
 
 
@@ -196,9 +211,11 @@ def main() -> None:
                 + (f" ({total / seconds:.0f} images/s)" if fresh else " (reused)"),
                 flush=True,
             )
-            costs = _stage_costs(builder.as_data_source()["train"], plan["image_size"])
+            costs = _stage_costs(
+                builder.as_data_source()["train"], plan["image_size"], batch_size=args.batch_size
+            )
             result["stages"].append({"image_size": plan["image_size"], **costs})
-            print("  per example, one core: " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
+            print("  per example: " + ", ".join(f"{k} {v}" for k, v in costs.items()))
             for r in _pipeline_speed(
                 builder, plan["image_size"], args.batch_size, args.batches, workers
             ):
