@@ -22,4 +22,8 @@ tail -n 3 "$out/eval_search.log"
 # Is the CPU's shifted-sum depthwise conv also faster than cuDNN's at batch 64?
 python3 benchmarks/depthwise.py --batch 64 --out "$out/depthwise.json" > "$out/depthwise.log" 2>&1 || status=1
 grep -A5 '"totals"' "$out/depthwise.log"
+# The input pipeline on this host's cores (the per-host target: more images/s than the step).
+python3 benchmarks/data_pipeline.py --worker-counts 0,8,16 --slic-images 10 --batches 20 \
+  --out "$out/data_pipeline.json" > "$out/data_pipeline.log" 2>&1 || status=1
+grep "images/s" "$out/data_pipeline.log" | tail -n 8
 exit $status
