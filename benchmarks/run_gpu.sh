@@ -22,6 +22,9 @@ tail -n 3 "$out/eval_search.log"
 # Is the CPU's shifted-sum depthwise conv also faster than cuDNN's at batch 64?
 python3 benchmarks/depthwise.py --batch 64 --out "$out/depthwise.json" > "$out/depthwise.log" 2>&1 || status=1
 grep -A5 '"totals"' "$out/depthwise.log"
+# Colour jitter + normalisation alone, as the train step runs them on the GPU.
+python3 benchmarks/color_jitter.py --out "$out/color_jitter.json" > "$out/color_jitter.log" 2>&1 || status=1
+grep ms_per_image "$out/color_jitter.log"
 # The input pipeline on this host's cores (the per-host target: more images/s than the step).
 python3 benchmarks/data_pipeline.py --worker-counts 0,8,16 --slic-images 10 --batches 20 \
   --out "$out/data_pipeline.json" > "$out/data_pipeline.log" 2>&1 || status=1
