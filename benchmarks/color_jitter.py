@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import time_fn, write_json  # noqa: E402
-from grouped_select import color, data  # noqa: E402
+from grouped_select import color  # noqa: E402
 
 
 def time_jitter(images: np.ndarray, factors: np.ndarray, order: np.ndarray, repeats: int) -> dict:
@@ -26,7 +26,7 @@ def time_jitter(images: np.ndarray, factors: np.ndarray, order: np.ndarray, repe
 
     Args:
       images: [B, S, S, 3] uint8.
-      factors, order: [B, 4] jitter parameters (`data.sample_color_jitter`).
+      factors, order: [B, 4] jitter parameters (`color.sample_color_jitter`).
       repeats: timed samples (of one call each) after two warm-up calls.
 
     Returns:
@@ -46,8 +46,8 @@ def random_batch(batch: int, size: int, seed: int = 0) -> tuple[np.ndarray, ...]
     """Random uint8 images and training-like jitter parameters."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(batch, size, size, 3), dtype=np.uint8)
-    drawn = [data.sample_color_jitter(rng) for _ in range(batch)]
-    return (images, *(np.stack([d[k] for d in drawn]) for k in data.JITTER_KEYS))
+    drawn = [color.sample_color_jitter(rng) for _ in range(batch)]
+    return (images, *(np.stack([d[k] for d in drawn]) for k in color.JITTER_KEYS))
 
 
 def main(argv=None):

@@ -99,7 +99,7 @@ def _stage_costs(source, image_size: int, n: int = 100, batch_size: int = 64) ->
 
     views = stage("crop_and_resize", crop, examples)
     images = stage("flip", lambda v: np.ascontiguousarray(v[0][:, ::-1]), views)
-    params = stage("jitter_parameters", lambda _: augment.sample_color_jitter(rng), images)
+    params = stage("jitter_parameters", lambda _: data.sample_color_jitter(rng), images)
     num_regions = data.DEFAULT_NUM_REGIONS
     stage("relabel", lambda v: superpixels.limit_regions(v[1], num_regions), views)
     costs["host_total_ms"] = sum(costs.values())

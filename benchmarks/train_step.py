@@ -22,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import compiled_flops, time_fn, write_json  # noqa: E402
 from benchmarks.pooling import slic_like_ids  # noqa: E402
-from grouped_select import data  # noqa: E402
+from grouped_select import color  # noqa: E402
 from train import models, steps  # noqa: E402
 from train.steps import create_optimizer, initial_state, step_settings  # noqa: E402
 
@@ -41,10 +41,10 @@ def make_batch(
     if jitter:
         b, c, s, h = jitter
         drawn = [
-            data.sample_color_jitter(rng, brightness=b, contrast=c, saturation=s, hue=h)
+            color.sample_color_jitter(rng, brightness=b, contrast=c, saturation=s, hue=h)
             for _ in range(batch)
         ]
-        out.update({k: np.stack([d[k] for d in drawn]) for k in data.JITTER_KEYS})
+        out.update({k: np.stack([d[k] for d in drawn]) for k in color.JITTER_KEYS})
     return out
 
 

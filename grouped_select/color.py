@@ -2,7 +2,7 @@
 
 The input pipeline ships uint8 images (a quarter of float32's bytes through grain's shared
 memory and onto the device) and, for training, each image's colour-jitter parameters drawn on
-the host (`data.augment.sample_color_jitter`); the jitted step applies them here. Colour
+the host (`sample_color_jitter`, numpy); the jitted step applies them here. Colour
 jitter was ~40 % of a training example's host CPU time at 224² (most of it PIL's hue round
 trip through HSV); on the device it is a few elementwise passes over the batch.
 
@@ -26,6 +26,45 @@ from grouped_select.selection import IMAGENET_MEAN, IMAGENET_STD
 # Operation ids in `color_jitter`'s `order` (torchvision's ColorJitter numbering).
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 SKIP = -1
+# The batch keys of the parameters (`sample_color_jitter`, the input pipeline's batches).
+JITTER_KEYS = ("jitter_factors", "jitter_order")
+
+
+def sample_color_jitter(
+    rng: np.random.Generator,
+    *,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.4,
+    hue: float = 0.2,
+) -> dict[str, np.ndarray]:
+    """One image's torchvision ColorJitter parameters, on the host; `color_jitter` applies them.
+
+    Draws as torchvision does: a random order of the four adjustments, then each enabled
+    one's factor in that order.
+
+    Args:
+      rng: Generator.
+      brightness, contrast, saturation: factors drawn from [max(0, 1 - x), 1 + x]; 0 skips.
+      hue: shift drawn from [-hue, hue] (fraction of the hue circle); 0 skips.
+
+    Returns:
+      "jitter_factors" [4] float32 (brightness, contrast, saturation factors; hue shift in
+      steps of 1/256 of the circle, int(shift * 255) as torchvision's PIL path) and
+      "jitter_order" [4] int32 (operation ids in the order applied, -1 for skipped ones).
+    """
+    factors = np.ones(4, np.float32)
+    factors[3] = 0.0
+    order = np.full(4, SKIP, np.int32)
+    for position, op in enumerate(rng.permutation(4)):
+        if op == HUE and hue > 0:
+            factors[op] = int(rng.uniform(-hue, hue) * 255)
+        elif op != HUE and (strength := (brightness, contrast, saturation)[op]) > 0:
+            factors[op] = rng.uniform(max(0.0, 1 - strength), 1 + strength)
+        else:
+            continue
+        order[position] = op
+    return {"jitter_factors": factors, "jitter_order": order}
 
 
 def _rgb_uint8(images: ArrayLike) -> jax.Array:
@@ -261,7 +300,7 @@ def color_jitter(images: ArrayLike, factors: ArrayLike, order: ArrayLike) -> jax
     Args:
       images: [B, H, W, 3] uint8.
       factors: [B, 4] float32: brightness, contrast and saturation factors, and the hue shift
-        in steps of 1/256 of the circle (as drawn by `data.augment.sample_color_jitter`).
+        in steps of 1/256 of the circle (as drawn by `sample_color_jitter`).
       order: [B, 4] int32: the operations in the order applied (BRIGHTNESS, CONTRAST,
         SATURATION, HUE), SKIP for a disabled one.
 

@@ -34,3 +34,27 @@ def test_script_starts(script, tmp_path):
         assert result.returncode == 1 and "Try --helpfull" in result.stdout, result.stdout
     else:
         assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-2000:]
+
+
+# What the GPU machines' image lacks (`/work/.library/device/KINDS.md`, 2026-11-17): the
+# benchmarks that `benchmarks/run_gpu.sh` times on the GPU must start without them.
+GPU_IMAGE_LACKS = ("tensorflow_datasets", "grain", "array_record")
+GPU_BENCHMARKS = ("pooling", "train_step", "eval_search", "depthwise", "color_jitter")
+
+
+@pytest.mark.parametrize("name", GPU_BENCHMARKS)
+def test_gpu_benchmarks_start_without_the_data_stack(name, tmp_path):
+    script = REPO / "benchmarks" / f"{name}.py"
+    assert f"benchmarks/{name}.py" in (REPO / "benchmarks" / "run_gpu.sh").read_text()
+    blocked = "; ".join(f"sys.modules[{m!r}] = None" for m in GPU_IMAGE_LACKS)
+    code = (
+        f"import runpy, sys; {blocked}; sys.argv = [{str(script)!r}, '--help']; "
+        f"runpy.run_path({str(script)!r}, run_name='__main__')"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GLIBC_TUNABLES")}
+    env.update(JAX_PLATFORMS="cpu", P2P_HUGE_PAGES="0")
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-2000:]

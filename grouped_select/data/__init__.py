@@ -17,10 +17,10 @@ Typical use (built-in benchmark at 64x64)::
 See docs/data.md for preparing ImageNet, ImageNet-9, BAM, COCO-10 and tfds catalog datasets.
 """
 
+from grouped_select.color import JITTER_KEYS, sample_color_jitter
 from grouped_select.data.augment import (
     crop_and_resize,
     eval_transform,
-    sample_color_jitter,
     train_augment,
 )
 from grouped_select.data.builders import (
@@ -39,7 +39,6 @@ from grouped_select.data.builders import (
 from grouped_select.data.folders import LAYOUTS, CorruptFileError
 from grouped_select.data.pipeline import (
     BATCH_KEYS,
-    JITTER_KEYS,
     decode_into_memory,
     eval_dataset,
     eval_iterator,

@@ -16,7 +16,7 @@ augmentation instead, which costs ~38 ms per 224^2 image per epoch.
 import numpy as np
 from PIL import Image
 
-from grouped_select.color import HUE, SKIP
+from grouped_select.color import sample_color_jitter
 from grouped_select.data.superpixels import limit_regions
 
 Box = tuple[float, float, float, float]  # (top, left, height, width) in source pixels.
@@ -98,43 +98,6 @@ def crop_and_resize(
     rows = _nearest_index(top, h, out_size, height)
     cols = _nearest_index(left, w, out_size, width)
     return np.asarray(out), region_ids[np.ix_(rows, cols)], mask[np.ix_(rows, cols)]
-
-
-def sample_color_jitter(
-    rng: np.random.Generator,
-    *,
-    brightness: float = 0.4,
-    contrast: float = 0.4,
-    saturation: float = 0.4,
-    hue: float = 0.2,
-) -> dict[str, np.ndarray]:
-    """One image's torchvision ColorJitter parameters; `color.color_jitter` applies them.
-
-    Draws as torchvision does: a random order of the four adjustments, then each enabled
-    one's factor in that order.
-
-    Args:
-      rng: Generator.
-      brightness, contrast, saturation: factors drawn from [max(0, 1 - x), 1 + x]; 0 skips.
-      hue: shift drawn from [-hue, hue] (fraction of the hue circle); 0 skips.
-
-    Returns:
-      "jitter_factors" [4] float32 (brightness, contrast, saturation factors; hue shift in
-      steps of 1/256 of the circle, int(shift * 255) as torchvision's PIL path) and
-      "jitter_order" [4] int32 (operation ids in the order applied, -1 for skipped ones).
-    """
-    factors = np.ones(4, np.float32)
-    factors[3] = 0.0
-    order = np.full(4, SKIP, np.int32)
-    for position, op in enumerate(rng.permutation(4)):
-        if op == HUE and hue > 0:
-            factors[op] = int(rng.uniform(-hue, hue) * 255)
-        elif op != HUE and (strength := (brightness, contrast, saturation)[op]) > 0:
-            factors[op] = rng.uniform(max(0.0, 1 - strength), 1 + strength)
-        else:
-            continue
-        order[position] = op
-    return {"jitter_factors": factors, "jitter_order": order}
 
 
 def _finish(

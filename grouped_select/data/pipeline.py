@@ -34,10 +34,10 @@ import numpy as np
 from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from grouped_select.color import JITTER_KEYS
 from grouped_select.data.augment import eval_transform, train_augment
 
 BATCH_KEYS = ("image", "region_ids", "mask", "label", "has_mask", "valid")
-JITTER_KEYS = ("jitter_factors", "jitter_order")
 
 
 def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:

@@ -8,7 +8,6 @@ from PIL import Image, ImageEnhance
 from skimage import data as sample_images
 
 from grouped_select import color, selection
-from grouped_select.data import augment
 
 
 def _pillow(image: np.ndarray, op: int, factor: float) -> np.ndarray:
@@ -89,7 +88,7 @@ def test_color_jitter_applies_each_images_order(images):
     """Parameters drawn as in training, applied in each image's own order, equal Pillow's
     sequence of adjustments (exact but for the hue's rare float32 differences)."""
     rng = np.random.default_rng(3)
-    drawn = [augment.sample_color_jitter(rng) for _ in range(len(images))]
+    drawn = [color.sample_color_jitter(rng) for _ in range(len(images))]
     factors = np.stack([d["jitter_factors"] for d in drawn])
     order = np.stack([d["jitter_order"] for d in drawn])
     order[1, 2] = color.SKIP  # one image skips an adjustment
@@ -106,7 +105,7 @@ def test_color_jitter_sharded_over_the_batch_equals_one_device(images):
     """As the training step runs it: the batch split over a mesh's data axis."""
     rng = np.random.default_rng(4)
     images = np.concatenate([images, images[:2]])  # 8 images, one per device
-    drawn = [augment.sample_color_jitter(rng) for _ in range(len(images))]
+    drawn = [color.sample_color_jitter(rng) for _ in range(len(images))]
     args = [images] + [np.stack([d[k] for d in drawn]) for k in ("jitter_factors", "jitter_order")]
     one = np.asarray(jax.jit(color.color_jitter)(*args))
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))

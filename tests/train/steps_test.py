@@ -12,7 +12,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image, ImageEnhance
 
-from grouped_select import color, data
+from grouped_select import color
 from train import models, steps
 
 BATCH, SIZE, NUM_REGIONS, NUM_CLASSES = 8, 32, 32, 4
@@ -34,10 +34,10 @@ def _batch(seed=0, jitter=(0.4, 0.4, 0.4, 0.2)):
     if jitter:
         b, c, s, h = jitter
         drawn = [
-            data.sample_color_jitter(rng, brightness=b, contrast=c, saturation=s, hue=h)
+            color.sample_color_jitter(rng, brightness=b, contrast=c, saturation=s, hue=h)
             for _ in range(BATCH)
         ]
-        batch.update({k: np.stack([d[k] for d in drawn]) for k in data.JITTER_KEYS})
+        batch.update({k: np.stack([d[k] for d in drawn]) for k in color.JITTER_KEYS})
     return batch
 
 
@@ -243,7 +243,7 @@ def test_train_step_applies_the_batchs_color_jitter(tiny_config):
         )
     )
     batch = _batch(6, jitter=(0.4, 0.4, 0.4, 0.0))  # no hue: Pillow-exact on the device
-    plain = {k: v for k, v in batch.items() if k not in data.JITTER_KEYS}
+    plain = {k: v for k, v in batch.items() if k not in color.JITTER_KEYS}
     jittered = dict(plain)
     jittered["image"] = np.stack(
         [

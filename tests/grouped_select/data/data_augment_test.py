@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from grouped_select import color
 from grouped_select.data import augment
 
 
@@ -124,7 +125,7 @@ def test_color_jitter_parameters_change_image_only():
         np.testing.assert_array_equal(out[k], plain[k])
 
     rng = np.random.default_rng(5)
-    p = augment.sample_color_jitter(rng, brightness=0.4, contrast=0.0, saturation=0.4, hue=0.2)
+    p = color.sample_color_jitter(rng, brightness=0.4, contrast=0.0, saturation=0.4, hue=0.2)
     want = np.random.default_rng(5)
     order = want.permutation(4)
     factors = {}
