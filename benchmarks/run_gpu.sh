@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every benchmark on one GPU machine, in a few minutes; JSON files into $OUT (or benchmarks/out).
 #   bash benchmarks/run_gpu.sh
+# The GPU image lacks ml_collections, grain and tensorflow-datasets: fetch their wheels here
+# first with benchmarks/gpu_wheels.sh and install them there (its header says how).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/out}"
