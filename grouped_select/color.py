@@ -54,7 +54,7 @@ def sample_color_jitter(
       "jitter_order" [4] int32 (operation ids in the order applied, -1 for skipped ones).
     """
     factors = np.ones(4, np.float32)
-    factors[3] = 0.0
+    factors[HUE] = 0.0  # a shift of 0 steps
     order = np.full(4, SKIP, np.int32)
     for position, op in enumerate(rng.permutation(4)):
         if op == HUE and hue > 0:
