@@ -46,8 +46,8 @@ def random_batch(batch: int, size: int, seed: int = 0) -> tuple[np.ndarray, ...]
     """Random uint8 images and training-like jitter parameters."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(batch, size, size, 3), dtype=np.uint8)
-    drawn = [color.sample_color_jitter(rng) for _ in range(batch)]
-    return (images, *(np.stack([d[k] for d in drawn]) for k in color.JITTER_KEYS))
+    params = color.sample_color_jitter(rng, batch=batch)
+    return (images, *(params[k] for k in color.JITTER_KEYS))
 
 
 def main(argv=None):

@@ -40,11 +40,11 @@ def make_batch(
     }
     if jitter:
         b, c, s, h = jitter
-        drawn = [
-            color.sample_color_jitter(rng, brightness=b, contrast=c, saturation=s, hue=h)
-            for _ in range(batch)
-        ]
-        out.update({k: np.stack([d[k] for d in drawn]) for k in color.JITTER_KEYS})
+        out.update(
+            color.sample_color_jitter(
+                rng, brightness=b, contrast=c, saturation=s, hue=h, batch=batch
+            )
+        )
     return out
 
 

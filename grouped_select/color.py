@@ -37,6 +37,7 @@ def sample_color_jitter(
     contrast: float = 0.4,
     saturation: float = 0.4,
     hue: float = 0.2,
+    batch: int | None = None,
 ) -> dict[str, np.ndarray]:
     """One image's torchvision ColorJitter parameters, on the host; `color_jitter` applies them.
 
@@ -47,12 +48,18 @@ def sample_color_jitter(
       rng: Generator.
       brightness, contrast, saturation: factors drawn from [max(0, 1 - x), 1 + x]; 0 skips.
       hue: shift drawn from [-hue, hue] (fraction of the hue circle); 0 skips.
+      batch: None for one image; B for B images drawn one after another, stacked.
 
     Returns:
       "jitter_factors" [4] float32 (brightness, contrast, saturation factors; hue shift in
       steps of 1/256 of the circle, int(shift * 255) as torchvision's PIL path) and
-      "jitter_order" [4] int32 (operation ids in the order applied, -1 for skipped ones).
+      "jitter_order" [4] int32 (operation ids in the order applied, -1 for skipped ones);
+      [B, 4] each with `batch`.
     """
+    strengths = dict(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
+    if batch is not None:
+        drawn = [sample_color_jitter(rng, **strengths) for _ in range(batch)]
+        return {k: np.stack([d[k] for d in drawn]) for k in JITTER_KEYS}
     factors = np.ones(4, np.float32)
     factors[HUE] = 0.0  # a shift of 0 steps
     order = np.full(4, SKIP, np.int32)

@@ -88,9 +88,8 @@ def test_color_jitter_applies_each_images_order(images):
     """Parameters drawn as in training, applied in each image's own order, equal Pillow's
     sequence of adjustments (exact but for the hue's rare float32 differences)."""
     rng = np.random.default_rng(3)
-    drawn = [color.sample_color_jitter(rng) for _ in range(len(images))]
-    factors = np.stack([d["jitter_factors"] for d in drawn])
-    order = np.stack([d["jitter_order"] for d in drawn])
+    params = color.sample_color_jitter(rng, batch=len(images))
+    factors, order = params["jitter_factors"], params["jitter_order"]
     order[1, 2] = color.SKIP  # one image skips an adjustment
     got = np.asarray(jax.jit(color.color_jitter)(images, factors, order)).astype(int)
     for x, f, o, g in zip(images, factors, order, got, strict=True):
@@ -105,8 +104,8 @@ def test_color_jitter_sharded_over_the_batch_equals_one_device(images):
     """As the training step runs it: the batch split over a mesh's data axis."""
     rng = np.random.default_rng(4)
     images = np.concatenate([images, images[:2]])  # 8 images, one per device
-    drawn = [color.sample_color_jitter(rng) for _ in range(len(images))]
-    args = [images] + [np.stack([d[k] for d in drawn]) for k in ("jitter_factors", "jitter_order")]
+    params = color.sample_color_jitter(rng, batch=len(images))
+    args = [images, params["jitter_factors"], params["jitter_order"]]
     one = np.asarray(jax.jit(color.color_jitter)(*args))
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     sharded = jax.device_put(args, NamedSharding(mesh, PartitionSpec("data")))

@@ -33,11 +33,11 @@ def _batch(seed=0, jitter=(0.4, 0.4, 0.4, 0.2)):
     }
     if jitter:
         b, c, s, h = jitter
-        drawn = [
-            color.sample_color_jitter(rng, brightness=b, contrast=c, saturation=s, hue=h)
-            for _ in range(BATCH)
-        ]
-        batch.update({k: np.stack([d[k] for d in drawn]) for k in color.JITTER_KEYS})
+        batch.update(
+            color.sample_color_jitter(
+                rng, brightness=b, contrast=c, saturation=s, hue=h, batch=BATCH
+            )
+        )
     return batch
 
 

@@ -138,3 +138,9 @@ def test_color_jitter_parameters_change_image_only():
     for op, f in factors.items():
         assert p["jitter_factors"][op] == np.float32(f)
     assert p["jitter_factors"].dtype == np.float32 and p["jitter_order"].dtype == np.int32
+
+    stacked = color.sample_color_jitter(np.random.default_rng(7), batch=3)
+    one_by_one = np.random.default_rng(7)
+    singles = [color.sample_color_jitter(one_by_one) for _ in range(3)]
+    for k in ("jitter_factors", "jitter_order"):
+        np.testing.assert_array_equal(stacked[k], np.stack([d[k] for d in singles]))
