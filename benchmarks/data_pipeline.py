@@ -153,8 +153,12 @@ def main() -> None:
     parser.add_argument("--worker-counts", default="0,2")
     parser.add_argument("--slic-images", type=int, default=50)
     parser.add_argument("--num-train-224", type=int, default=512)
+    parser.add_argument("--sizes", default="64,224", help="image sizes to measure: 64, 224")
     args = parser.parse_args()
     workers = [int(w) for w in args.worker_counts.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if not set(sizes) <= {64, 224}:
+        parser.error(f"--sizes takes 64 and/or 224, got {args.sizes}")
 
     result = {
         "machine": {
@@ -168,7 +172,7 @@ def main() -> None:
         "pipeline": [],
     }
     print("SLIC and rendering, one process:")
-    for size in (64, 224):
+    for size in sizes:
         row = _slic_speed(size, args.slic_images)
         result["slic"].append(row)
         print(
@@ -178,15 +182,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir or tmp
-        plans = [
-            dict(image_size=64),
-            dict(
+        plans = {
+            64: dict(image_size=64),
+            224: dict(
                 image_size=224,
                 num_train=args.num_train_224,
                 num_validation=0,
                 num_test=4 * args.batch_size,
             ),
-        ]
+        }
+        plans = [plans[size] for size in sizes]
         for plan in plans:
             config = data.shapes_config(**plan)
             fresh = not (pathlib.Path(data_dir) / "p2p_shapes" / config.name).exists()

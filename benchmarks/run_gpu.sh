@@ -28,7 +28,7 @@ grep -A5 '"totals"' "$out/depthwise.log"
 python3 benchmarks/color_jitter.py --out "$out/color_jitter.json" > "$out/color_jitter.log" 2>&1 || status=1
 grep ms_per_image "$out/color_jitter.log"
 # The input pipeline on this host's cores (the per-host target: more images/s than the step).
-python3 benchmarks/data_pipeline.py --worker-counts 0,8,16 --slic-images 10 --batches 20 \
+python3 benchmarks/data_pipeline.py --sizes 224 --worker-counts 0,8,16 --slic-images 10 --batches 20 \
   --out "$out/data_pipeline.json" > "$out/data_pipeline.log" 2>&1 || status=1
 grep "images/s" "$out/data_pipeline.log" | tail -n 8
 exit $status
