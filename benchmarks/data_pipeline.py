@@ -182,7 +182,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir or tmp
-        plans = {
+        plan_for_size = {
             64: dict(image_size=64),
             224: dict(
                 image_size=224,
@@ -191,8 +191,7 @@ def main() -> None:
                 num_test=4 * args.batch_size,
             ),
         }
-        plans = [plans[size] for size in sizes]
-        for plan in plans:
+        for plan in (plan_for_size[size] for size in sizes):
             config = data.shapes_config(**plan)
             fresh = not (pathlib.Path(data_dir) / "p2p_shapes" / config.name).exists()
             start = time.perf_counter()

@@ -20,10 +20,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import time_fn, write_json  # noqa: E402
 from benchmarks.train_step import make_batch, paper_config  # noqa: E402
-from grouped_select import (
-    budget,  # noqa: E402
-    color,  # noqa: E402
-)
+from grouped_select import budget, color  # noqa: E402
 from grouped_select.precision import cast_floating  # noqa: E402
 from train import models  # noqa: E402
 
