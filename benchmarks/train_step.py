@@ -48,17 +48,26 @@ def make_batch(
     return out
 
 
-def paper_config(name: str, size: int, dtype: str, scan_layers: bool = True):
+def paper_config(
+    name: str, size: int, dtype: str, scan_layers: bool = True, depthwise_method: str = "auto"
+):
     config = importlib.import_module(f"train.configs.{name}").get_config()
     config.data.image_size = size
     config.compute_dtype = dtype
     config.model.scan_layers = scan_layers
+    config.model.depthwise_method = depthwise_method
     return config
 
 
-def bench_dtype(args, dtype: str) -> dict:
-    """Times the paper's training step computing in `dtype`."""
-    config = paper_config(args.config, args.size, dtype, args.scan_layers == "true")
+def compiled_step(args, dtype: str):
+    """The paper's jitted, donated training step compiled for `args`' shapes, in `dtype`.
+
+    Returns:
+      (compiled step, its initial state and a batch, both on the device).
+    """
+    config = paper_config(
+        args.config, args.size, dtype, args.scan_layers == "true", args.depthwise_method
+    )
     num_classes = 9
     model = models.create_model(config, num_classes, seed=0)
     optimizer = create_optimizer(config)
@@ -73,7 +82,12 @@ def bench_dtype(args, dtype: str) -> dict:
     jitter = tuple(config.data.color_jitter) or None  # applied in the step, as in training
     batch = make_batch(args.batch, args.size, config.data.num_regions, num_classes, jitter)
     batch, state = jax.device_put(batch), jax.device_put(state)
-    compiled = step.lower(state, batch).compile()  # compiled once: timed and cost-analysed
+    return step.lower(state, batch).compile(), state, batch
+
+
+def bench_dtype(args, dtype: str) -> dict:
+    """Times the paper's training step computing in `dtype`."""
+    compiled, state, batch = compiled_step(args, dtype)  # compiled once: timed and analysed
     flops = compiled_flops(compiled)
     holder = {"state": state}
 
@@ -85,7 +99,7 @@ def bench_dtype(args, dtype: str) -> dict:
     seconds = timing["median_s"]
     return {
         **timing,
-        "color_jitter_in_step": jitter is not None,
+        "color_jitter_in_step": bool(batch.get("jitter_factors") is not None),
         "median_ms": 1e3 * seconds,
         "images_per_s": args.batch / seconds,
         "flops_per_step": flops,
@@ -95,19 +109,30 @@ def bench_dtype(args, dtype: str) -> dict:
     }
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the step: config, shapes and how its layers run."""
     parser.add_argument("--config", default="imagenet9", help="a train/configs module")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument(
         "--scan-layers",
         choices=("true", "false"),
         default="true",
         help="config.model.scan_layers: the ViT's blocks as one lax.scan or a Python loop",
     )
+    parser.add_argument(
+        "--depthwise-method",
+        choices=("auto", "conv", "shifted_sum"),
+        default="auto",
+        help="config.model.depthwise_method: the MobileNet's depthwise convolutions",
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_step_arguments(parser)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument(
         "--peak-tflops",
         type=float,
@@ -125,6 +150,7 @@ def main(argv=None):
             "batch": args.batch,
             "image_size": args.size,
             "scan_layers": args.scan_layers == "true",
+            "depthwise_method": args.depthwise_method,
             "peak_tflops": args.peak_tflops,
             "reference_h200_images_per_s": [900, 1030],
             "results": results,

@@ -39,7 +39,9 @@ def test_script_starts(script, tmp_path):
 # What the GPU machines' image lacks (`/work/.library/device/KINDS.md`, 2026-11-17): the
 # benchmarks that `benchmarks/run_gpu.sh` times on the GPU must start without them.
 GPU_IMAGE_LACKS = ("tensorflow_datasets", "grain", "array_record")
-GPU_BENCHMARKS = ("pooling", "train_step", "eval_search", "depthwise", "color_jitter")
+GPU_BENCHMARKS = (
+    "pooling", "train_step", "profile_step", "eval_search", "depthwise", "color_jitter"
+)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", GPU_BENCHMARKS)

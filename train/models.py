@@ -17,14 +17,17 @@ SELECTORS = ("small", "lraspp_mobilenet_v3_large")
 CLASSIFIERS = ("small_cnn", "small_vit", "vit_ti", "vit_s", "vit_b", "resnet18", "resnet34")
 
 
-def create_selector_backbone(name: str, *, low_stride: int = 8, rngs: nnx.Rngs) -> nnx.Module:
-    """The selector backbone called `name` (one of `SELECTORS`); `low_stride`: "small" only."""
+def create_selector_backbone(
+    name: str, *, low_stride: int = 8, depthwise_method: str = "auto", rngs: nnx.Rngs
+) -> nnx.Module:
+    """The selector backbone called `name` (one of `SELECTORS`); `low_stride`: "small" only;
+    `depthwise_method`: the MobileNet's depthwise convs ("auto", "conv" or "shifted_sum")."""
     if name == "small":
         return SmallSelectorBackbone(low_stride=low_stride, rngs=rngs)
     if name == "lraspp_mobilenet_v3_large":
         from grouped_select.backbones.mobilenet_v3 import LRASPPMobileNetV3
 
-        return LRASPPMobileNetV3(rngs=rngs)
+        return LRASPPMobileNetV3(depthwise_method=depthwise_method, rngs=rngs)
     raise ValueError(f"config.model.selector={name!r} is not one of {SELECTORS}.")
 
 
@@ -101,7 +104,10 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
         return BlackBox(classifier())
     # The selector draws its initial weights first (runs stay reproducible across versions).
     backbone = create_selector_backbone(
-        config.model.selector, low_stride=config.model.selector_stride, rngs=rngs
+        config.model.selector,
+        low_stride=config.model.selector_stride,
+        depthwise_method=config.model.depthwise_method,
+        rngs=rngs,
     )
     selector = Selector(
         backbone,

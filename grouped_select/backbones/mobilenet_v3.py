@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from grouped_select.backbones.depthwise import depthwise_conv
+from grouped_select.backbones.depthwise import Method, depthwise_conv
 
 # torchvision initialises every conv with kaiming_normal_(mode="fan_out").
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -115,6 +115,7 @@ class ConvBNAct(nnx.Module):
         activation: str | None = None,
         bn_epsilon: float = 1e-3,
         bn_momentum: float = 0.99,
+        depthwise_method: Method = "auto",
         rngs: nnx.Rngs,
     ):
         """Builds the layer.
@@ -129,6 +130,7 @@ class ConvBNAct(nnx.Module):
           activation: None, "relu" or "hardswish".
           bn_epsilon: BatchNorm epsilon.
           bn_momentum: flax BatchNorm momentum (1 - torch momentum).
+          depthwise_method: how a depthwise conv runs (`depthwise.depthwise_conv`'s `method`).
           rngs: initialisation keys.
         """
         pad = (kernel - 1) // 2 * dilation
@@ -156,6 +158,7 @@ class ConvBNAct(nnx.Module):
         # `nnx.Conv`, so checkpoints and converted weights do not depend on the backend.
         self.depthwise = groups == in_channels == out_channels and groups > 1
         self.stride, self.dilation, self.pad = stride, dilation, pad
+        self.depthwise_method = depthwise_method
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, H, W, C_in] -> [B, H', W', C_out]."""
@@ -166,6 +169,7 @@ class ConvBNAct(nnx.Module):
                 stride=self.stride,
                 dilation=self.dilation,
                 padding=self.pad,
+                method=self.depthwise_method,
             )
         else:
             y = self.conv(x)
@@ -201,8 +205,8 @@ class InvertedResidual(nnx.Module):
       use_residual: whether the input is added to the output (stride 1, same width).
     """
 
-    def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
-        """Builds the block from its `BlockConfig`."""
+    def __init__(self, cfg: BlockConfig, *, depthwise_method: Method = "auto", rngs: nnx.Rngs):
+        """Builds the block from its `BlockConfig` (`depthwise_method`: see `ConvBNAct`)."""
         layers = []
         if cfg.expanded != cfg.in_channels:
             layers.append(
@@ -218,6 +222,7 @@ class InvertedResidual(nnx.Module):
                 dilation=cfg.dilation,
                 groups=cfg.expanded,
                 activation=cfg.activation,
+                depthwise_method=depthwise_method,
                 rngs=rngs,
             )
         )
@@ -267,12 +272,22 @@ class LRASPPMobileNetV3(nnx.Module):
 
     low_index = 4  # features[4] ends the stride-8 stage ("C2" in torchvision).
 
-    def __init__(self, *, dilated: bool = True, inter_channels: int = 128, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        dilated: bool = True,
+        inter_channels: int = 128,
+        depthwise_method: Method = "auto",
+        rngs: nnx.Rngs,
+    ):
         """Builds the network with random weights (see `grouped_select.convert` to load some).
 
         Args:
           dilated: dilate the last stage (output stride 16), as LR-ASPP does.
           inter_channels: width of LR-ASPP's `cbr` and `scale` (128 in torchvision).
+          depthwise_method: how the depthwise convs run: "auto" (the shifted sum on CPU, XLA's
+            grouped convolution elsewhere), "conv" or "shifted_sum"; same parameters and
+            results either way (`grouped_select.backbones.depthwise`).
           rngs: initialisation keys.
         """
         configs = large_block_configs(dilated)
@@ -281,7 +296,9 @@ class LRASPPMobileNetV3(nnx.Module):
         layers = [
             ConvBNAct(3, configs[0].in_channels, 3, stride=2, activation="hardswish", rngs=rngs)
         ]
-        layers += [InvertedResidual(cfg, rngs=rngs) for cfg in configs]
+        layers += [
+            InvertedResidual(cfg, depthwise_method=depthwise_method, rngs=rngs) for cfg in configs
+        ]
         layers.append(ConvBNAct(last_in, last_out, 1, activation="hardswish", rngs=rngs))
         self.features = nnx.List(layers)
         # LR-ASPP's own BatchNorm is torch's default one: eps 1e-5, momentum 0.1.

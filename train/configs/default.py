@@ -71,6 +71,10 @@ def get_config() -> ml_collections.ConfigDict:
     # compile); False runs them as a Python loop. Same parameters either way.
     model.scan_layers = True
     model.pool_method = "auto"  # "segment_sum", "one_hot" or "auto"
+    # MobileNet selector's depthwise convs: "conv" (XLA's grouped convolution), "shifted_sum"
+    # (k² shifted slices, hand-written gradient) or "auto" (shifted_sum on CPU, conv
+    # elsewhere). Same parameters and results; only the speed differs (benchmarks/RESULTS.md).
+    model.depthwise_method = "auto"
 
     # The P2P method.
     p2p = config.p2p = ml_collections.ConfigDict()

@@ -96,3 +96,37 @@ def test_selector_pixel_outputs_match_reference(golden, golden_selector):
         want = data[f"tau{tau}_pixel_emb"].transpose(0, 2, 3, 1)
         chex.assert_shape(got, want.shape)
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_depthwise_method_changes_speed_not_results():
+    """`depthwise_method` reaches every depthwise layer; conv and shifted sum agree, with the
+    same parameters, on the outputs and the input gradient (BatchNorm in eval mode: its
+    train-mode statistics updates cannot run under `jax.grad` of a merged module)."""
+
+    def run(method):
+        model = LRASPPMobileNetV3(depthwise_method=method, rngs=nnx.Rngs(0))
+        methods = {
+            layer.depthwise_method
+            for _, layer in nnx.iter_graph(model)
+            if getattr(layer, "depthwise", False)
+        }
+        assert methods == {method}
+        model.eval()
+        graphdef, state = nnx.split(model)
+
+        @jax.jit
+        def outputs_and_input_grad(state, x):
+            def loss(x):
+                low, high = nnx.merge(graphdef, state)(x)
+                return jnp.sum(low**2) + jnp.sum(high**2), (low, high)
+
+            return jax.grad(loss, has_aux=True)(x)
+
+        x = jax.random.normal(jax.random.key(1), (2, 40, 40, 3))
+        return state, outputs_and_input_grad(state, x)
+
+    conv_state, (conv_grad, conv_out) = run("conv")
+    sum_state, (sum_grad, sum_out) = run("shifted_sum")
+    chex.assert_trees_all_equal(nnx.to_pure_dict(conv_state), nnx.to_pure_dict(sum_state))
+    chex.assert_trees_all_close(sum_out, conv_out, rtol=1e-4, atol=1e-4)
+    chex.assert_trees_all_close(sum_grad, conv_grad, rtol=1e-3, atol=1e-3 * np.abs(conv_grad).max())
