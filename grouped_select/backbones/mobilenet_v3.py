@@ -173,7 +173,10 @@ class ConvBNAct(nnx.Module):
             )
         else:
             y = self.conv(x)
-        return _ACTIVATIONS[self.activation](self.bn(y))
+        # Back to the conv's dtype: BatchNorm normalises with its float32 statistics, so a
+        # bfloat16 network would otherwise run float32 from its first layer on (as the whole
+        # selector did in the compiled H200 step: twice the memory traffic).
+        return _ACTIVATIONS[self.activation](self.bn(y)).astype(y.dtype)
 
 
 class SqueezeExcitation(nnx.Module):

@@ -36,6 +36,12 @@ def _bn(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
     return nnx.BatchNorm(channels, epsilon=1e-5, momentum=0.9, use_fast_variance=False, rngs=rngs)
 
 
+def _norm(bn: nnx.BatchNorm, x: jax.Array) -> jax.Array:
+    """`bn(x)` in x's dtype: BatchNorm normalises with its float32 statistics, which would
+    otherwise turn a bfloat16 network float32 from its first layer on."""
+    return bn(x).astype(x.dtype)
+
+
 class Downsample(nnx.Module):
     """Shortcut projection: 1x1 strided conv + BN (torchvision's `downsample` Sequential).
 
@@ -51,7 +57,7 @@ class Downsample(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, H, W, C_in] -> [B, H / stride, W / stride, C_out]."""
-        return self.bn(self.conv(x))
+        return _norm(self.bn, self.conv(x))
 
 
 class BasicBlock(nnx.Module):
@@ -73,8 +79,8 @@ class BasicBlock(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, H, W, C_in] -> [B, H / stride, W / stride, C_out]."""
-        y = jax.nn.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
+        y = jax.nn.relu(_norm(self.bn1, self.conv1(x)))
+        y = _norm(self.bn2, self.conv2(y))
         shortcut = x if self.downsample is None else self.downsample(x)
         return jax.nn.relu(y + shortcut)
 
@@ -123,7 +129,7 @@ class ResNet(nnx.Module):
 
     def features(self, x: jax.Array) -> jax.Array:
         """[B, H, W, 3] ImageNet-normalised images -> [B, 512] pooled features."""
-        x = jax.nn.relu(self.bn1(self.conv1(x)))
+        x = jax.nn.relu(_norm(self.bn1, self.conv1(x)))
         # torch pads max pooling with -inf, which nnx.max_pool's explicit padding also does.
         x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):

@@ -72,8 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
     model.scan_layers = True
     model.pool_method = "auto"  # "segment_sum", "one_hot" or "auto"
     # MobileNet selector's depthwise convs: "conv" (XLA's grouped convolution), "shifted_sum"
-    # (k² shifted slices, hand-written gradient) or "auto" (shifted_sum on CPU, conv
-    # elsewhere). Same parameters and results; only the speed differs (benchmarks/RESULTS.md).
+    # (k² shifted slices, hand-written gradient) or "auto" (shifted_sum on CPU and GPU, where
+    # it measured fastest; conv on TPU). Same parameters and results; only the speed differs
+    # (benchmarks/RESULTS.md).
     model.depthwise_method = "auto"
 
     # The P2P method.

@@ -49,3 +49,31 @@ def test_bfloat16_and_method_choice():
     np.testing.assert_allclose(auto, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="method"):
         depthwise_conv(x, kernel, method="fft")
+
+
+def test_bfloat16_accumulates_in_float32():
+    """bfloat16 in and out, float32 sums: the output and both gradients are the float32
+    computation on the same (bfloat16) values, rounded once. Summing 4096 products per kernel
+    tap in bfloat16 would be off by far more than that one rounding."""
+    x = jax.random.normal(jax.random.key(4), (1, 64, 64, 4)).astype(jnp.bfloat16)
+    kernel = jax.random.normal(jax.random.key(5), (3, 3, 4)).astype(jnp.bfloat16)
+    cotangent = jax.random.normal(jax.random.key(6), (1, 64, 64, 4)).astype(jnp.bfloat16)
+
+    @jax.jit
+    def forward_and_grads(x, kernel, cotangent):
+        def f(x, kernel):
+            return depthwise_conv(x, kernel, padding=1, method="shifted_sum")
+
+        y, vjp = jax.vjp(f, x, kernel)
+        return y, vjp(cotangent)
+
+    y, (d_x, d_kernel) = forward_and_grads(x, kernel, cotangent)
+    chex.assert_trees_all_equal_dtypes((y, d_x, d_kernel), (x, x, kernel))
+    want_y, (want_dx, want_dk) = forward_and_grads(
+        *(a.astype(jnp.float32) for a in (x, kernel, cotangent))
+    )
+    for got, want in ((y, want_y), (d_x, want_dx), (d_kernel, want_dk)):
+        # One bfloat16 rounding: relative error <= 2^-9 (plus float32 reassociation).
+        np.testing.assert_allclose(
+            np.asarray(got, np.float32), want, rtol=2.0**-8, atol=1e-6 * np.abs(want).max()
+        )

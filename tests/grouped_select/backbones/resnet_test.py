@@ -2,12 +2,14 @@
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from grouped_select import convert
 from grouped_select.backbones.resnet import ResNet
+from grouped_select.precision import cast_floating
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +63,25 @@ def test_golden_resnet18_logits(golden, golden_resnet18):
     logits = apply(state, data["x"].transpose(0, 2, 3, 1))  # NCHW -> NHWC
     chex.assert_shape(logits, data["logits"].shape)
     np.testing.assert_allclose(logits, data["logits"], atol=1e-4, rtol=0)
+
+
+def test_bfloat16_parameters_and_input_run_in_bfloat16():
+    """BatchNorm's float32 statistics do not turn a bfloat16 ResNet float32."""
+    model = ResNet(5, depth=18, rngs=nnx.Rngs(0))
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    @jax.jit
+    def features(params, x):
+        model = nnx.merge(graphdef, cast_floating(params, x.dtype), rest, copy=True)
+        return model.features(x)
+
+    # 64² and batch 4 leave 16 values per channel to layer4's train-mode BatchNorm (at 32² and
+    # batch 2 it normalises 2, and bfloat16 and float32 differ by ~50 % either way).
+    x = jax.random.normal(jax.random.key(0), (4, 64, 64, 3))
+    got = features(params, x.astype(jnp.bfloat16))
+    assert got.dtype == jnp.bfloat16
+    want = features(params, x)
+    # 0.021 (0.012 with float32 activations after each BatchNorm).
+    error = np.linalg.norm(np.asarray(got, np.float32) - want) / np.linalg.norm(want)
+    assert error < 0.04, error
