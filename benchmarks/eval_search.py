@@ -27,7 +27,7 @@ from train import models  # noqa: E402
 
 def bench_dtype(args, dtype: str) -> dict:
     """Times every search method with the model computing in `dtype`."""
-    config = paper_config(args.config, args.size, dtype)
+    config = paper_config(args.config, args.size, dtype, attention=args.attention)
     num_regions = config.data.num_regions
     model = models.create_model(config, 9, seed=0)
     model.eval()
@@ -75,6 +75,12 @@ def main(argv=None):
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--methods", default="grid,grid_chunk5,while_loop")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--attention",
+        choices=("xla", "cudnn"),
+        default="xla",
+        help="config.model.attention: the ViT's attention (cudnn: GPU, bfloat16 only)",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -88,6 +94,7 @@ def main(argv=None):
             "batch": args.batch,
             "image_size": args.size,
             "certainty": args.certainty,
+            "attention": args.attention,
             "reference_h200_ms_per_batch": 195,
             "results": results,
         },

@@ -244,6 +244,7 @@ def main(argv=None):
             "dtype": args.dtype,
             "scan_layers": args.scan_layers == "true",
             "depthwise_method": args.depthwise_method,
+            "attention": args.attention,
             **timing,
             "median_ms": 1e3 * seconds,
             "images_per_s": args.batch / seconds,
@@ -261,7 +262,8 @@ def main(argv=None):
         "profile_step.json",
     )
     print(
-        f"{args.dtype} depthwise={args.depthwise_method}: {1e3 * seconds:.2f} ms / step "
+        f"{args.dtype} depthwise={args.depthwise_method} attention={args.attention}: "
+        f"{1e3 * seconds:.2f} ms / step "
         f"({args.batch / seconds:.0f} images/s); traced: op time "
         f"{summary['op_time_us_per_step'] / 1e3:.2f} ms / step, wall {wall_ms:.2f} ms"
     )

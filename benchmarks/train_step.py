@@ -49,13 +49,19 @@ def make_batch(
 
 
 def paper_config(
-    name: str, size: int, dtype: str, scan_layers: bool = True, depthwise_method: str = "auto"
+    name: str,
+    size: int,
+    dtype: str,
+    scan_layers: bool = True,
+    depthwise_method: str = "auto",
+    attention: str = "xla",
 ):
     config = importlib.import_module(f"train.configs.{name}").get_config()
     config.data.image_size = size
     config.compute_dtype = dtype
     config.model.scan_layers = scan_layers
     config.model.depthwise_method = depthwise_method
+    config.model.attention = attention
     return config
 
 
@@ -66,7 +72,12 @@ def compiled_step(args, dtype: str):
       (compiled step, its initial state and a batch, both on the device).
     """
     config = paper_config(
-        args.config, args.size, dtype, args.scan_layers == "true", args.depthwise_method
+        args.config,
+        args.size,
+        dtype,
+        args.scan_layers == "true",
+        args.depthwise_method,
+        args.attention,
     )
     num_classes = 9
     model = models.create_model(config, num_classes, seed=0)
@@ -126,6 +137,12 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="config.model.depthwise_method: the MobileNet's depthwise convolutions",
     )
+    parser.add_argument(
+        "--attention",
+        choices=("xla", "cudnn"),
+        default="xla",
+        help="config.model.attention: the ViT's attention (cudnn: GPU, bfloat16 only)",
+    )
 
 
 def main(argv=None):
@@ -151,6 +168,7 @@ def main(argv=None):
             "image_size": args.size,
             "scan_layers": args.scan_layers == "true",
             "depthwise_method": args.depthwise_method,
+            "attention": args.attention,
             "peak_tflops": args.peak_tflops,
             "reference_h200_images_per_s": [900, 1030],
             "results": results,

@@ -40,10 +40,12 @@ def create_classifier(
     widths: tuple[int, ...] = (32, 64, 128),
     strides: tuple[int, ...] | None = None,
     scan_layers: bool = True,
+    attention: str = "xla",
     rngs: nnx.Rngs,
 ) -> nnx.Module:
     """The classifier called `name` (one of `CLASSIFIERS`); `widths`, `strides`: "small_cnn"
-    only (None: stride 2 in every stage); `scan_layers`: ViTs only (`ViT.encode`)."""
+    only (None: stride 2 in every stage); `scan_layers`: ViTs only (`ViT.encode`);
+    `attention`: ViT-Ti/S/B only (`vit.Attention`)."""
     if name == "small_cnn":
         return SmallCNNClassifier(
             num_classes, widths=tuple(widths), strides=strides and tuple(strides), rngs=rngs
@@ -65,6 +67,7 @@ def create_classifier(
             image_size=image_size,
             patch_size=patch_size,
             scan_layers=scan_layers,
+            attention=attention,
             rngs=rngs,
         )
     if name in ("resnet18", "resnet34"):
@@ -97,6 +100,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
             widths=config.model.classifier_widths,
             strides=config.model.classifier_strides or None,
             scan_layers=config.model.scan_layers,
+            attention=config.model.attention,
             rngs=rngs,
         )
 

@@ -52,18 +52,29 @@ def _layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, rngs=rngs)
 
 
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with separate query / key / value / output projections.
 
     Attributes:
       query, key, value, out: `nnx.Linear` [D, D] with bias.
+      implementation: `jax.nn.dot_product_attention`'s: "xla" (any backend and dtype) or
+        "cudnn" (cuDNN's fused attention: NVIDIA GPUs, bfloat16 / float16 only).
     """
 
-    def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, num_heads: int, *, implementation: str = "xla", rngs: nnx.Rngs):
         """Builds the projections; `dim` must be divisible by `num_heads`."""
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads.")
+        if implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention implementation {implementation!r} is not one of "
+                f"{ATTENTION_IMPLEMENTATIONS}."
+            )
         self.num_heads = num_heads
+        self.implementation = implementation
         self.query = _linear(dim, dim, rngs)
         self.key = _linear(dim, dim, rngs)
         self.value = _linear(dim, dim, rngs)
@@ -76,7 +87,12 @@ class Attention(nnx.Module):
         q = self.query(x).reshape(shape)
         k = self.key(x).reshape(shape)
         v = self.value(x).reshape(shape)
-        y = jax.nn.dot_product_attention(q, k, v)
+        if self.implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
+            raise ValueError(
+                f"cuDNN attention needs bfloat16 or float16 inputs, got {q.dtype}: compute in "
+                "bfloat16 (config.compute_dtype) or use the 'xla' attention."
+            )
+        y = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
         return self.out(y.reshape(batch, tokens, dim))
 
 
@@ -108,11 +124,18 @@ class EncoderBlock(nnx.Module):
       mlp: `Mlp`.
     """
 
-    def __init__(self, variant: ViTVariant, *, layer_norm_eps: float, rngs: nnx.Rngs):
-        """Builds one block of `variant`'s width."""
+    def __init__(
+        self,
+        variant: ViTVariant,
+        *,
+        layer_norm_eps: float,
+        attention: str = "xla",
+        rngs: nnx.Rngs,
+    ):
+        """Builds one block of `variant`'s width (`attention`: see `Attention`)."""
         dim = variant.hidden_size
         self.norm1 = _layer_norm(dim, layer_norm_eps, rngs)
-        self.attn = Attention(dim, variant.num_heads, rngs=rngs)
+        self.attn = Attention(dim, variant.num_heads, implementation=attention, rngs=rngs)
         self.norm2 = _layer_norm(dim, layer_norm_eps, rngs)
         self.mlp = Mlp(dim, variant.mlp_dim, rngs=rngs)
 
@@ -144,6 +167,7 @@ class ViT(nnx.Module):
         patch_size: int = 16,
         layer_norm_eps: float = 1e-12,
         scan_layers: bool = True,
+        attention: str = "xla",
         rngs: nnx.Rngs,
     ):
         """Builds a ViT with random weights (see `grouped_select.convert` to load some).
@@ -157,6 +181,7 @@ class ViT(nnx.Module):
           scan_layers: run the encoder blocks as one `lax.scan` over their parameters
             stacked at call time (see `encode`); False runs them as a Python loop. Same
             parameters and, up to float rounding, the same values either way.
+          attention: "xla" or "cudnn" (fused; GPU, bfloat16 / float16), see `Attention`.
           rngs: initialisation keys.
         """
         if isinstance(variant, str):
@@ -180,7 +205,7 @@ class ViT(nnx.Module):
         self.pos_embed = nnx.Param(_INIT(rngs.params(), (1, num_tokens, dim)))
         self.layers = nnx.List(
             [
-                EncoderBlock(variant, layer_norm_eps=layer_norm_eps, rngs=rngs)
+                EncoderBlock(variant, layer_norm_eps=layer_norm_eps, attention=attention, rngs=rngs)
                 for _ in range(variant.num_layers)
             ]
         )

@@ -70,3 +70,19 @@ def test_scan_layers_reaches_the_vit_and_keeps_its_parameters(tiny_config, scan_
     tiny_config.model.scan_layers = not scan_layers
     other = models.create_model(tiny_config, 3, seed=0)
     chex.assert_trees_all_equal(_pure(model), _pure(other))
+
+
+def test_attention_and_depthwise_method_reach_the_networks(tiny_config):
+    tiny_config.model.selector = "lraspp_mobilenet_v3_large"
+    tiny_config.model.classifier = "vit_ti"
+    tiny_config.model.patch_size = 16
+    tiny_config.model.attention = "cudnn"
+    tiny_config.model.depthwise_method = "conv"
+    model = nnx.eval_shape(lambda: models.create_model(tiny_config, 3, seed=0))
+    assert {block.attn.implementation for block in model.classifier.layers} == {"cudnn"}
+    methods = {
+        layer.depthwise_method
+        for _, layer in nnx.iter_graph(model.selector)
+        if getattr(layer, "depthwise", False)
+    }
+    assert methods == {"conv"}

@@ -71,6 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
     # compile); False runs them as a Python loop. Same parameters either way.
     model.scan_layers = True
     model.pool_method = "auto"  # "segment_sum", "one_hot" or "auto"
+    # ViT-Ti/S/B attention: "xla", or "cudnn" (cuDNN's fused attention; NVIDIA GPUs with
+    # compute_dtype bfloat16 only).
+    model.attention = "xla"
     # MobileNet selector's depthwise convs: "conv" (XLA's grouped convolution), "shifted_sum"
     # (k² shifted slices, hand-written gradient) or "auto" (shifted_sum on CPU and GPU, where
     # it measured fastest; conv on TPU). Same parameters and results; only the speed differs

@@ -154,3 +154,14 @@ def test_patch_embedding_equals_the_conv_with_input_gradients(size):
     chex.assert_equal_shape([fast, conv])
     np.testing.assert_allclose(fast, conv, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(fast_grad, conv_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_implementation_reaches_every_block_and_checks_its_dtype():
+    """`attention="cudnn"` is passed to every block's `dot_product_attention`; it needs
+    bfloat16 / float16 inputs, and says so for float32 (before cuDNN could fail obscurely)."""
+    model = ViT(5, variant="ti", image_size=32, attention="cudnn", rngs=nnx.Rngs(0))
+    assert {block.attn.implementation for block in model.layers} == {"cudnn"}
+    with pytest.raises(ValueError, match="bfloat16 or float16"):
+        model(jnp.zeros((1, 32, 32, 3)))
+    with pytest.raises(ValueError, match="not one of"):
+        ViT(5, variant="ti", image_size=32, attention="flash", rngs=nnx.Rngs(0))
