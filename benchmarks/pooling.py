@@ -3,8 +3,11 @@
     python benchmarks/pooling.py [--batch 64 --size 224 --channels 4 --regions 100]
 
 Implementations: `segment_sum` over the flattened batch (float32), the `one_hot` matmul in
-float32, and the one-hot matmul with bfloat16 features (float32 accumulation). Each is jitted
-on its own; the ids mimic SLIC's (about `regions` compact regions per image).
+float32, the one-hot matmul with bfloat16 features (float32 accumulation), and on GPUs the
+`pallas` kernel (`grouped_select/pallas_pooling.py`; sums and sizes in one pass). Each
+computes region means with the sizes, jitted on its own; the ids mimic SLIC's (about
+`regions` compact regions per image). A variant that fails (e.g. a kernel that does not lower
+on this GPU) is recorded with its error instead of stopping the others.
 
 Restructured: `low_res` pools the stride-`--stride` map before upsampling
 (`grouped_select/low_res_pooling.py`, a [B, K, h·w] x [B, h·w, C] matmul with weights the
@@ -113,11 +116,20 @@ def main(argv=None):
             feats.astype(jnp.bfloat16),
         ),
     }
+    if jax.default_backend() == "gpu":
+        for name, x in (("pallas_f32", feats), ("pallas_bf16", feats.astype(jnp.bfloat16))):
+            fn = functools.partial(regions.pool_regions, num_regions=k, method="pallas")
+            variants[name] = (fn, x)
     reference = np.asarray(jax.jit(variants["segment_sum_f32"][0])(feats, ids))
     results = {}
     for name, (fn, x) in variants.items():
         jitted = jax.jit(fn)
-        got = np.asarray(jitted(x, ids))
+        try:
+            got = np.asarray(jitted(x, ids))
+        except Exception as error:  # noqa: BLE001 - recorded, the other variants still run
+            results[name] = {"error": f"{type(error).__name__}: {str(error)[:2000]}"}
+            print(f"{name} failed: {results[name]['error'][:500]}")
+            continue
         timing = time_fn(jitted, x, ids, repeats=args.repeats, inner=20)
         results[name] = {
             **timing,

@@ -10,6 +10,8 @@ Two implementations of pooling sit behind `pool_regions`:
 - "one_hot": a one-hot [B, P, K] matrix contracted with the features; scatter-free, so it
   runs on the matrix units (what TPUs do best, and what XLA fuses without materialising
   the one-hot on most backends).
+- "pallas": a Pallas (Triton) kernel for NVIDIA GPUs that sums each run of pixels into a
+  private block on the matrix units, no atomics (`grouped_select/pallas_pooling.py`).
 """
 
 from typing import Literal
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-PoolMethod = Literal["segment_sum", "one_hot", "auto"]
+PoolMethod = Literal["segment_sum", "one_hot", "pallas", "auto"]
 
 
 def validate_region_ids(
@@ -99,7 +101,8 @@ def region_sums(
       features: [B, H, W, C] per-pixel features (any float dtype).
       region_ids: [B, H, W] integer ids in [0, num_regions).
       num_regions: static region count K.
-      method: "segment_sum", "one_hot", or "auto" (one_hot on TPU, segment_sum elsewhere).
+      method: "segment_sum", "one_hot", "pallas" (NVIDIA GPUs only), or "auto" (one_hot on
+        TPU, segment_sum elsewhere).
 
     Returns:
       [B, K, C] sums, accumulated in float32 (bfloat16 inputs included) and returned in
@@ -117,6 +120,8 @@ def region_sums(
         flat_feats = feats.reshape(-1, channels).astype(jnp.float32)
         sums = jax.ops.segment_sum(flat_feats, flat_ids, num_segments=batch * num_regions)
         return sums.reshape(batch, num_regions, channels)
+    if method == "pallas":
+        return _pallas_sums(feats, ids, num_regions, with_sizes=False)
     if method == "one_hot":
         one_hot = jax.nn.one_hot(ids.reshape(batch, -1), num_regions, dtype=feats.dtype)
         return jnp.einsum(
@@ -125,7 +130,22 @@ def region_sums(
             feats.reshape(batch, -1, channels),
             preferred_element_type=jnp.float32,
         )
-    raise ValueError(f"method must be 'segment_sum', 'one_hot' or 'auto', got {method!r}.")
+    raise ValueError(
+        f"method must be 'segment_sum', 'one_hot', 'pallas' or 'auto', got {method!r}."
+    )
+
+
+def _pallas_sums(features, ids, num_regions: int, with_sizes: bool) -> jax.Array:
+    if _is_concrete(ids):
+        validate_region_ids(ids, num_regions, features.shape)
+    if jax.default_backend() != "gpu":
+        raise ValueError(
+            f"region pooling method 'pallas' is a GPU (Triton) kernel; this backend is "
+            f"{jax.default_backend()!r}: use 'auto', 'segment_sum' or 'one_hot'."
+        )
+    from grouped_select.pallas_pooling import region_sums_pallas
+
+    return region_sums_pallas(features, ids, num_regions, False, with_sizes)
 
 
 def pool_regions(
@@ -147,7 +167,13 @@ def pool_regions(
     Returns:
       [B, K, C] float32 region means; 0 for empty regions.
     """
-    sums = region_sums(features, region_ids, num_regions, method)
+    if method == "pallas" and sizes is None:  # the kernel counts the pixels in its pass
+        sums_and_sizes = _pallas_sums(
+            jnp.asarray(features), jnp.asarray(region_ids), num_regions, with_sizes=True
+        )
+        sums, sizes = sums_and_sizes[..., :-1], sums_and_sizes[..., -1]
+    else:
+        sums = region_sums(features, region_ids, num_regions, method)
     if sizes is None:
         sizes = region_sizes(region_ids, num_regions)
     sizes = jnp.asarray(sizes, jnp.float32)

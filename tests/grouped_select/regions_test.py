@@ -148,3 +148,17 @@ def test_pool_does_not_retrace_for_new_batches_of_the_same_shape():
     for seed in range(3):
         features, ids, _ = _random_case(seed=seed)
         pool(features, ids)
+
+
+def test_pallas_method_runs_on_gpus_and_asks_for_one_elsewhere():
+    """The Triton kernel runs on NVIDIA GPUs only (`pallas_pooling_test` checks its values in
+    Pallas' interpreter anywhere); elsewhere the method says what to use instead."""
+    ids = jnp.asarray(np.arange(16).reshape(1, 4, 4) % 3, jnp.int32)
+    features = jnp.arange(32, dtype=jnp.float32).reshape(1, 4, 4, 2)
+    for pool in (regions.region_sums, regions.pool_regions):
+        if jax.default_backend() == "gpu":
+            want = pool(features, ids, 3, "segment_sum")
+            chex.assert_trees_all_close(pool(features, ids, 3, "pallas"), want, rtol=1e-6)
+        else:
+            with pytest.raises(ValueError, match="'pallas' is a GPU.*use 'auto'"):
+                pool(features, ids, 3, "pallas")
