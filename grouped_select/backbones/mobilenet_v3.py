@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from grouped_select.backbones.batch_norm import batch_norm
 from grouped_select.backbones.depthwise import Method, depthwise_conv
 
 # torchvision initialises every conv with kaiming_normal_(mode="fan_out").
@@ -176,7 +177,7 @@ class ConvBNAct(nnx.Module):
         # Back to the conv's dtype: BatchNorm normalises with its float32 statistics, so a
         # bfloat16 network would otherwise run float32 from its first layer on (as the whole
         # selector did in the compiled H200 step: twice the memory traffic).
-        return _ACTIVATIONS[self.activation](self.bn(y)).astype(y.dtype)
+        return _ACTIVATIONS[self.activation](batch_norm(self.bn, y)).astype(y.dtype)
 
 
 class SqueezeExcitation(nnx.Module):

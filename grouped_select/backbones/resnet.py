@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from grouped_select.backbones.batch_norm import batch_norm
+
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 # Blocks per stage.
@@ -37,9 +39,10 @@ def _bn(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
 
 
 def _norm(bn: nnx.BatchNorm, x: jax.Array) -> jax.Array:
-    """`bn(x)` in x's dtype: BatchNorm normalises with its float32 statistics, which would
-    otherwise turn a bfloat16 network float32 from its first layer on."""
-    return bn(x).astype(x.dtype)
+    """`bn(x)` (with `batch_norm`'s hand-written gradient) in x's dtype: BatchNorm normalises
+    with its float32 statistics, which would otherwise turn a bfloat16 network float32 from
+    its first layer on."""
+    return batch_norm(bn, x).astype(x.dtype)
 
 
 class Downsample(nnx.Module):
