@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Every benchmark on one GPU machine, most important first, in about five minutes.
+# Every benchmark on one GPU machine, most important first, in about five minutes (on an H200,
+# 2026-11-28, the five main steps took 106 + 75 + 13 + 7 + 66 s, the pipeline then with 20
+# batches and three worker counts; the extras run while RUN_GPU_BUDGET_S lasts).
 #   bash benchmarks/run_gpu.sh            # results in benchmarks/out/gpu/ (JSON + logs)
 #   RUN_GPU_BUDGET_S=600 bash benchmarks/run_gpu.sh   # let the optional extras run too
 # With $OUT set (the device tool), everything is also packed into $OUT/gpu_results.tgz after
@@ -45,27 +47,30 @@ optional() {
   step "$@"
 }
 
-# The train step in bfloat16 (the 4x target), timed and profiled per model part, with each
-# depthwise-convolution method: XLA's grouped convolution (cuDNN) and the shifted sum.
-for method in conv shifted_sum; do
-  step "train_step_bf16_$method" python3 benchmarks/profile_step.py --dtype bfloat16 \
-    --depthwise-method "$method" --out "$results/profile_$method"
-done
+# The train step in bfloat16 (the 4x target), timed, then profiled per kernel (CUDA graphs on,
+# as in training: the profile's kernels stay unattributed; see the extras).
+step train_step_bf16 python3 benchmarks/profile_step.py --dtype bfloat16 --out "$results/profile"
 step eval_search_bf16 python3 benchmarks/eval_search.py --dtypes bfloat16 \
   --out "$results/eval_search_bf16.json"
 step pooling python3 benchmarks/pooling.py --out "$results/pooling.json"
 # Colour jitter + normalisation alone, as the train step runs them on the GPU.
 step color_jitter python3 benchmarks/color_jitter.py --out "$results/color_jitter.json"
 # The input pipeline on this host's cores (the per-host target: more images/s than the step).
-step data_pipeline python3 benchmarks/data_pipeline.py --sizes 224 --worker-counts 0,8,16 \
-  --slic-images 10 --batches 20 --out "$results/data_pipeline.json"
+# 100 batches: 20 were shorter than grain's start-up and read-ahead with 8-16 workers.
+step data_pipeline python3 benchmarks/data_pipeline.py --sizes 224 --worker-counts 0,16 \
+  --slic-images 10 --batches 100 --out "$results/data_pipeline.json"
 
-# Extras, while the budget lasts: float32 for comparison, the ViT unrolled instead of
-# scanned, and the depthwise layers one by one.
+# Extras, while the budget lasts: the step's kernels attributed to model parts (no CUDA
+# graphs), the evaluation with cuDNN's fused attention, XLA's grouped convolution for the
+# depthwise layers, float32, the ViT unrolled, and the depthwise layers one by one.
+optional profile_attributed python3 benchmarks/profile_step.py --dtype bfloat16 \
+  --no-command-buffers --out "$results/profile_attributed"
+optional eval_search_bf16_cudnn python3 benchmarks/eval_search.py --dtypes bfloat16 \
+  --methods grid_chunk5 --attention cudnn --out "$results/eval_search_bf16_cudnn.json"
+optional train_step_bf16_conv python3 benchmarks/train_step.py --dtypes bfloat16 \
+  --depthwise-method conv --repeats 5 --out "$results/train_step_bf16_conv.json"
 optional train_step_f32 python3 benchmarks/train_step.py --dtypes float32 --repeats 5 \
   --out "$results/train_step_f32.json"
-optional eval_search_f32 python3 benchmarks/eval_search.py --dtypes float32 --repeats 5 \
-  --out "$results/eval_search_f32.json"
 optional train_step_bf16_unrolled python3 benchmarks/train_step.py --scan-layers false \
   --dtypes bfloat16 --repeats 5 --out "$results/train_step_bf16_unrolled.json"
 optional depthwise python3 benchmarks/depthwise.py --batch 64 --out "$results/depthwise.json"
