@@ -11,7 +11,11 @@ carry all 24 bits of the significand), so three bfloat16 products with float32 a
 give float32 sums. XLA then adds each image's few partial blocks.
 
 GPU only (`interpret=True` runs the same kernel anywhere, slowly: how the tests check it).
-`benchmarks/pooling.py` times it beside the other implementations.
+`benchmarks/pooling.py` times it beside the other implementations: on an H200 (2026-11-28,
+B = 64, 224², C = 4, K = 100, means with sizes) 237 µs in float32 and 179 µs with bfloat16
+features, against segment_sum's 366 µs; still latency-bound (one configuration tried).
+XLA's SPMD partitioner cannot split the kernel's custom call over devices: in a step sharded
+over several GPUs it would gather the batch on each; use it on one GPU (or in `shard_map`).
 """
 
 import functools
