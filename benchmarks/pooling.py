@@ -27,7 +27,18 @@ import numpy as np
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import time_fn, write_json  # noqa: E402
-from grouped_select import low_res_pooling, regions  # noqa: E402
+from grouped_select import low_res_pooling, pallas_pooling, regions  # noqa: E402
+
+# Work divisions of the Pallas kernel tried on GPUs (chunk, warps, stages, programs).
+PALLAS_CONFIGS = (
+    pallas_pooling.KernelConfig(128, 4, None, 512),
+    pallas_pooling.KernelConfig(128, 8, None, 512),
+    pallas_pooling.KernelConfig(256, 8, None, 512),
+    pallas_pooling.KernelConfig(64, 4, None, 1024),
+    pallas_pooling.KernelConfig(128, 4, 3, 512),
+    pallas_pooling.KernelConfig(128, 4, None, 2048),
+    pallas_pooling.KernelConfig(128, 4, None, 256),
+)
 
 
 def slic_like_ids(batch: int, size: int, num_regions: int, seed: int = 0) -> np.ndarray:
@@ -77,6 +88,33 @@ def low_res_results(args, ids: np.ndarray) -> dict:
             "max_abs_diff_vs_upsample_then_segment_sum": float(np.abs(got - reference).max()),
             "weights_bytes": int(w.size * w.dtype.itemsize),
             "host_weights_ms_per_image": host_ms,
+        }
+    return out
+
+
+def pallas_config_results(args, feats, ids, reference_sums) -> dict:
+    """Times the Pallas kernel's sums and sizes (float32) for each of `PALLAS_CONFIGS`."""
+    out = {}
+    for config in PALLAS_CONFIGS:
+        name = "pallas_sums_and_sizes_f32/chunk{}_warps{}_stages{}_programs{}".format(*config)
+        jitted = jax.jit(
+            functools.partial(
+                pallas_pooling.region_sums_pallas,
+                num_regions=args.regions,
+                with_sizes=True,
+                config=config,
+            )
+        )
+        try:
+            got = np.asarray(jitted(feats, ids))[..., :-1]
+        except Exception as error:  # noqa: BLE001 - recorded, the other configurations run
+            out[name] = {"error": f"{type(error).__name__}: {str(error)[:1000]}"}
+            continue
+        timing = time_fn(jitted, feats, ids, repeats=args.repeats, inner=20)
+        out[name] = {
+            **timing,
+            "median_us": 1e6 * timing["median_s"],
+            "max_abs_diff_vs_segment_sum_f32": float(np.abs(got - reference_sums).max()),
         }
     return out
 
@@ -136,6 +174,9 @@ def main(argv=None):
             "median_us": 1e6 * timing["median_s"],
             "max_abs_diff_vs_segment_sum_f32": float(np.abs(got - reference).max()),
         }
+    if jax.default_backend() == "gpu":
+        reference_sums = np.asarray(jax.jit(regions.region_sums, static_argnums=2)(feats, ids, k))
+        results.update(pallas_config_results(args, feats, ids, reference_sums))
     results.update(low_res_results(args, np.asarray(ids)))
     bytes_read = feats.size * 4 + ids.size * 4
     write_json(

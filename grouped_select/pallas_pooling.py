@@ -19,6 +19,7 @@ over several GPUs it would gather the batch on each; use it on one GPU (or in `s
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,25 +27,42 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-CHUNK = 128  # pixels per matrix product: a [128, K_pad] one-hot in registers
 LANES = 16  # channels padded to the matrix units' smallest width
-PROGRAMS_PER_BATCH = 512  # enough programs to fill an H100 / H200 (132 SMs)
 
 
-def _kernel(ids_ref, features_ref, out_ref, *, chunks, channels, parts, k_pad, count):
-    """Program (b, s): pixels [s * chunks * CHUNK, (s + 1) * chunks * CHUNK) of image b.
+class KernelConfig(NamedTuple):
+    """How the kernel divides the work (the results do not depend on it).
+
+    Attributes:
+      chunk: pixels per matrix product (a [chunk, K_pad] one-hot in registers); power of 2.
+      num_warps: Triton warps per program.
+      num_stages: Triton software-pipelining stages of the pixel loop (None: Triton's).
+      programs_per_batch: about this many programs in all (B x splits per image).
+    """
+
+    chunk: int = 128
+    num_warps: int = 4
+    num_stages: int | None = None
+    programs_per_batch: int = 512  # enough to fill an H100 / H200 (132 SMs)
+
+
+DEFAULT_CONFIG = KernelConfig()
+
+
+def _kernel(ids_ref, features_ref, out_ref, *, chunk, chunks, channels, parts, k_pad, count):
+    """Program (b, s): pixels [s * chunks * chunk, (s + 1) * chunks * chunk) of image b.
 
     With `count`, lane `channels` holds 1 for every pixel: its sums are the region sizes.
     """
     b, s = pl.program_id(0), pl.program_id(1)
-    base = s * chunks * CHUNK
+    base = s * chunks * chunk
     regions = jnp.arange(k_pad, dtype=jnp.int32)[None, :]
     lanes = jnp.arange(LANES, dtype=jnp.int32)[None, :]
 
     def body(i, acc):
-        pixels = pl.ds(base + i * CHUNK, CHUNK)
+        pixels = pl.ds(base + i * chunk, chunk)
         one_hot = (ids_ref[b, pixels][:, None] == regions).astype(jnp.bfloat16)
-        values = jnp.zeros((CHUNK, LANES), jnp.float32)
+        values = jnp.zeros((chunk, LANES), jnp.float32)
         for c in range(channels):  # channel c into lane c; lanes >= channels stay 0
             column = features_ref[b, pixels, c].astype(jnp.float32)
             values = jnp.where(lanes == c, column[:, None], values)
@@ -61,13 +79,14 @@ def _kernel(ids_ref, features_ref, out_ref, *, chunks, channels, parts, k_pad, c
     out_ref[b, s] = lax.fori_loop(0, chunks, body, jnp.zeros((LANES, k_pad), jnp.float32))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def region_sums_pallas(
     features: jax.Array,
     region_ids: jax.Array,
     num_regions: int,
     interpret: bool = False,
     with_sizes: bool = False,
+    config: KernelConfig = DEFAULT_CONFIG,
 ) -> jax.Array:
     """Per-region feature sums, as `regions.region_sums` computes them.
 
@@ -80,6 +99,7 @@ def region_sums_pallas(
       num_regions: static region count K.
       interpret: run the kernel in Pallas' interpreter (any backend; for tests).
       with_sizes: also count each region's pixels, in the same pass.
+      config: how the work is divided (`KernelConfig`; `benchmarks/pooling.py` tries some).
 
     Returns:
       [B, K, C] float32 sums; with `with_sizes`, [B, K, C + 1] whose last channel is
@@ -97,9 +117,10 @@ def region_sums_pallas(
         )
     k_pad = max(LANES, pl.next_power_of_2(num_regions))
     pixels = height * width
-    splits = max(1, PROGRAMS_PER_BATCH // batch)
-    chunks = -(-pixels // (CHUNK * splits))  # per program
-    padded = chunks * CHUNK * splits
+    chunk = config.chunk
+    splits = max(1, config.programs_per_batch // batch)
+    chunks = -(-pixels // (chunk * splits))  # per program
+    padded = chunks * chunk * splits
     ids = region_ids.reshape(batch, pixels).astype(jnp.int32)
     values = features.reshape(batch, pixels, channels)
     if padded != pixels:  # padding pixels get id -1: they add to no region
@@ -108,26 +129,35 @@ def region_sums_pallas(
     parts = 1 if features.dtype == jnp.bfloat16 else 3
     partial = pl.pallas_call(
         functools.partial(
-            _kernel, chunks=chunks, channels=channels, parts=parts, k_pad=k_pad, count=with_sizes
+            _kernel,
+            chunk=chunk,
+            chunks=chunks,
+            channels=channels,
+            parts=parts,
+            k_pad=k_pad,
+            count=with_sizes,
         ),
         out_shape=jax.ShapeDtypeStruct((batch, splits, LANES, k_pad), jnp.float32),
         grid=(batch, splits),
         # Triton, named: without compiler parameters recent JAX lowers GPU kernels with
         # Mosaic GPU, whose whole-array blocks would not fit in shared memory.
-        compiler_params=pltriton.CompilerParams(num_warps=4),
+        compiler_params=pltriton.CompilerParams(
+            num_warps=config.num_warps, num_stages=config.num_stages
+        ),
         interpret=interpret,
     )(ids, values)
     return jnp.swapaxes(partial.sum(axis=1)[:, : channels + with_sizes, :num_regions], 1, 2)
 
 
-def _forward(features, region_ids, num_regions, interpret, with_sizes):
-    sums = region_sums_pallas(features, region_ids, num_regions, interpret, with_sizes)
+def _forward(features, region_ids, num_regions, interpret, with_sizes, config):
+    sums = region_sums_pallas(features, region_ids, num_regions, interpret, with_sizes, config)
     return sums, (region_ids, jnp.zeros((0,), features.dtype))  # the dtype, as an array
 
 
-def _backward(num_regions, interpret, with_sizes, residuals, cotangent):
+def _backward(num_regions, interpret, with_sizes, config, residuals, cotangent):
     """d features [B, H, W, C] = the cotangent [B, K, C] of each pixel's region (the sizes
     do not depend on the features)."""
+    del config
     region_ids, like = residuals
     if with_sizes:
         cotangent = cotangent[..., :-1]

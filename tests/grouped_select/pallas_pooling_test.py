@@ -10,7 +10,7 @@ import pytest
 from jax import export
 
 from grouped_select import regions
-from grouped_select.pallas_pooling import region_sums_pallas
+from grouped_select.pallas_pooling import KernelConfig, region_sums_pallas
 
 
 def _inputs(shape, num_regions, seed=0):
@@ -94,3 +94,13 @@ def test_kernel_lowers_to_triton_for_cuda(dtype):
         jax.ShapeDtypeStruct((64, 224, 224), jnp.int32),
     )
     assert "__gpu$xla.gpu.triton" in exported.mlir_module()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [KernelConfig(chunk=64, programs_per_batch=4), KernelConfig(chunk=256, num_warps=8)],
+)
+def test_work_division_does_not_change_the_sums(config):
+    features, ids = _inputs((2, 13, 11, 4), 37)
+    got = jax.jit(lambda f: region_sums_pallas(f, ids, 37, True, False, config))(features)
+    np.testing.assert_allclose(got, regions.region_sums(features, ids, 37), rtol=1e-5, atol=1e-2)
