@@ -5,10 +5,12 @@
 The paper's backbones with random weights (so no image ever becomes confident and the search
 runs all 20 classifier passes, like the reference's measured "untrained" case). Methods:
 the batched grid (all budgets in one classifier batch, or in chunks) and the early-exit
-`lax.while_loop`. All give the same budgets (checked here).
+`lax.while_loop`. All give the same budgets (checked here). `--profile-dir` also profiles
+the first method per dtype (`profile_step.profile_calls`: device time per op and model part).
 """
 
 import argparse
+import functools
 import pathlib
 import sys
 
@@ -19,6 +21,11 @@ from flax import nnx
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import time_fn, write_json  # noqa: E402
+from benchmarks.profile_step import (  # noqa: E402
+    disable_command_buffers,
+    print_summary,
+    profile_calls,
+)
 from benchmarks.train_step import make_batch, paper_config  # noqa: E402
 from grouped_select import budget, color  # noqa: E402
 from grouped_select.precision import cast_floating  # noqa: E402
@@ -54,6 +61,16 @@ def bench_dtype(args, dtype: str) -> dict:
         search = searcher(kind, chunk)
         timing = time_fn(search, params, x, ids, warmup=2, repeats=args.repeats, inner=3)
         budgets[method] = np.asarray(search(params, x, ids)[0])
+        if args.profile_dir and len(budgets) == 1:
+            out_dir = pathlib.Path(args.profile_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            hlo_text = search.lower(params, x, ids).compile().as_text()
+            summary = profile_calls(
+                functools.partial(search, params, x, ids), hlo_text, 3, out_dir, f"eval_{dtype}", 60
+            )
+            print(f"{dtype}/{method} profile:")
+            print_summary(summary)
+            write_json(summary, str(out_dir / f"eval_{dtype}_profile.json"), "eval_profile.json")
         results[f"{dtype}/{method}"] = {
             **timing,
             "median_ms_per_batch": 1e3 * timing["median_s"],
@@ -81,8 +98,16 @@ def main(argv=None):
         default="xla",
         help="config.model.attention: the ViT's attention (cudnn: GPU, bfloat16 only)",
     )
+    parser.add_argument("--profile-dir", default=None, help="profile the first method here")
+    parser.add_argument(
+        "--no-command-buffers",
+        action="store_true",
+        help="GPU: no CUDA graphs (slower), so the profile attributes every kernel",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    if args.no_command_buffers:
+        disable_command_buffers()
 
     results = {}
     for dtype in args.dtypes.split(","):

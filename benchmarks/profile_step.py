@@ -29,6 +29,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -48,6 +50,7 @@ PARTS = (
     ("backbones/vit.py", "classifier"),
     ("grouped_select/color.py", "colour jitter + normalise"),
     ("grouped_select/objective.py", "losses"),
+    ("grouped_select/budget.py", "budget search"),
     ("optax/", "optimizer"),
 )
 
@@ -198,6 +201,53 @@ def summarize(events, sources: dict, steps: int, top: int) -> dict:
     }
 
 
+def disable_command_buffers() -> None:
+    """GPU: no CUDA graphs, so every kernel is attributed (call before the backend starts)."""
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
+    os.environ["XLA_FLAGS"] = flags.strip()
+
+
+def profile_calls(
+    call: Callable[[], Any], hlo_text: str, calls: int, out_dir: pathlib.Path, name: str, top: int
+) -> dict:
+    """Traces `calls` calls of `call` (warmed up already) and sums their device time per op.
+
+    Writes `<name>.xplane.pb.gz` (the raw trace) and `<name>.hlo.txt.gz` (the compiled
+    module) into `out_dir`.
+
+    Returns:
+      the `summarize` dict per call, the trace's lines, and the traced wall time per call.
+    """
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            start = time.perf_counter()
+            for _ in range(calls):
+                out = call()
+            jax.block_until_ready(out)
+            wall_ms = 1e3 * (time.perf_counter() - start) / calls
+        xplane = next(pathlib.Path(trace_dir).rglob("*.xplane.pb"))
+        events, lines = kernel_events(str(xplane))
+        with open(xplane, "rb") as src, gzip.open(out_dir / f"{name}.xplane.pb.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    (out_dir / f"{name}.hlo.txt.gz").write_bytes(gzip.compress(hlo_text.encode()))
+    summary = summarize(events, instruction_sources(hlo_text), calls, top)
+    # Wall time per call while tracing (the profiler adds some); op time below it means the
+    # device waited (launch gaps, host work).
+    return {"calls_traced": calls, "traced_wall_ms_per_call": wall_ms, **lines, **summary}
+
+
+def print_summary(summary: dict, rows: int = 25) -> None:
+    """The per-part table and the most expensive ops."""
+    for part, us in summary["per_part_and_pass_us"].items():
+        print(f"  {part:48s} {us / 1e3:8.2f} ms")
+    for row in summary["top_ops"][:rows]:
+        where = row["stack"][0] if row["stack"] else ""
+        print(
+            f"  {row['us_per_step']:9.1f} us x{row['launches_per_step']:<4.0f} "
+            f"{row['op'][:36]:36s} {row['part'][:18]:18s} {where[:50]}"
+        )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_step_arguments(parser)
@@ -213,15 +263,12 @@ def main(argv=None):
     parser.add_argument("--top", type=int, default=60, help="ops listed in the summary")
     parser.add_argument("--out", default=None, help="folder for the JSON and the raw files")
     args = parser.parse_args(argv)
-    if args.no_command_buffers:  # read when the backend starts, i.e. before the first use
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
-        ).strip()
+    if args.no_command_buffers:
+        disable_command_buffers()
     out_dir = pathlib.Path(args.out or pathlib.Path(__file__).parent / "out")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     compiled, state, batch = compiled_step(args, args.dtype)
-    hlo_text = compiled.as_text()
     flops = compiled_flops(compiled)
     holder = {"state": state}
 
@@ -232,23 +279,9 @@ def main(argv=None):
     # Untraced timing first (the profiler slows the host side); it also warms up.
     timing = time_fn(run, batch, warmup=3, repeats=args.repeats, inner=5)
     seconds = timing["median_s"]
-    state = holder.pop("state")
-    with tempfile.TemporaryDirectory() as trace_dir:
-        with jax.profiler.trace(trace_dir):
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                state, metrics = compiled(state, batch)
-            jax.block_until_ready(metrics)
-            wall_ms = 1e3 * (time.perf_counter() - start) / args.steps
-        xplane = next(pathlib.Path(trace_dir).rglob("*.xplane.pb"))
-        events, lines = kernel_events(str(xplane))
-        with (
-            open(xplane, "rb") as src,
-            gzip.open(out_dir / "profile_step.xplane.pb.gz", "wb") as dst,
-        ):
-            shutil.copyfileobj(src, dst)
-    (out_dir / "profile_step.hlo.txt.gz").write_bytes(gzip.compress(hlo_text.encode()))
-    summary = summarize(events, instruction_sources(hlo_text), args.steps, args.top)
+    summary = profile_calls(
+        lambda: run(batch), compiled.as_text(), args.steps, out_dir, "profile_step", args.top
+    )
     write_json(
         {
             "benchmark": "profile_step",
@@ -266,11 +299,6 @@ def main(argv=None):
             "achieved_tflops": flops / seconds / 1e12 if flops else None,
             "mfu_vs_bf16_peak": flops / seconds / (args.peak_tflops * 1e12) if flops else None,
             "command_buffers": not args.no_command_buffers,
-            "steps_traced": args.steps,
-            # Wall time per step while tracing (the profiler adds some); op time below it
-            # means the device waited (launch gaps, host work).
-            "traced_wall_ms_per_step": wall_ms,
-            **lines,
             **summary,
         },
         str(out_dir / "profile_step.json"),
@@ -280,16 +308,10 @@ def main(argv=None):
         f"{args.dtype} depthwise={args.depthwise_method} attention={args.attention}: "
         f"{1e3 * seconds:.2f} ms / step "
         f"({args.batch / seconds:.0f} images/s); traced: op time "
-        f"{summary['op_time_us_per_step'] / 1e3:.2f} ms / step, wall {wall_ms:.2f} ms"
+        f"{summary['op_time_us_per_step'] / 1e3:.2f} ms / step, "
+        f"wall {summary['traced_wall_ms_per_call']:.2f} ms"
     )
-    for part, us in summary["per_part_and_pass_us"].items():
-        print(f"  {part:48s} {us / 1e3:8.2f} ms")
-    for row in summary["top_ops"][:25]:
-        where = row["stack"][0] if row["stack"] else ""
-        print(
-            f"  {row['us_per_step']:9.1f} us x{row['launches_per_step']:<4.0f} "
-            f"{row['op'][:36]:36s} {row['part'][:18]:18s} {where[:50]}"
-        )
+    print_summary(summary)
 
 
 if __name__ == "__main__":

@@ -61,12 +61,14 @@ step data_pipeline python3 benchmarks/data_pipeline.py --sizes 224 --worker-coun
   --slic-images 10 --batches 100 --out "$results/data_pipeline.json"
 
 # Extras, while the budget lasts: the step's kernels attributed to model parts (no CUDA
-# graphs), the evaluation with cuDNN's fused attention, XLA's grouped convolution for the
-# depthwise layers, float32, the ViT unrolled, and the depthwise layers one by one.
+# graphs), the evaluation with cuDNN's fused attention profiled the same way, XLA's grouped
+# convolution for the depthwise layers, float32, the ViT unrolled, and the depthwise layers
+# one by one.
 optional profile_attributed python3 benchmarks/profile_step.py --dtype bfloat16 \
   --no-command-buffers --out "$results/profile_attributed"
-optional eval_search_bf16_cudnn python3 benchmarks/eval_search.py --dtypes bfloat16 \
-  --methods grid_chunk5 --attention cudnn --out "$results/eval_search_bf16_cudnn.json"
+optional eval_search_bf16_cudnn_profiled python3 benchmarks/eval_search.py --dtypes bfloat16 \
+  --methods grid_chunk5 --attention cudnn --no-command-buffers \
+  --profile-dir "$results/profile_eval" --out "$results/eval_search_bf16_cudnn.json"
 optional train_step_bf16_conv python3 benchmarks/train_step.py --dtypes bfloat16 \
   --depthwise-method conv --repeats 5 --out "$results/train_step_bf16_conv.json"
 optional train_step_f32 python3 benchmarks/train_step.py --dtypes float32 --repeats 5 \
