@@ -63,7 +63,8 @@ class Attention(nnx.Module):
       implementation: `jax.nn.dot_product_attention`'s: "xla" (any backend and dtype) or
         "cudnn" (cuDNN's fused attention: NVIDIA GPUs, bfloat16 / float16 only). On an H200
         (2026-11-28) "cudnn" made the ViT-Ti/16 evaluation 23 % faster, but its gradient
-        refuses 197 tokens ("Unsupported sequence length"), so training keeps "xla".
+        refused 197 tokens ("Unsupported sequence length"); odd token counts now go through
+        `padded_attention` (one masked token more), not yet run on a GPU.
     """
 
     def __init__(self, dim: int, num_heads: int, *, implementation: str = "xla", rngs: nnx.Rngs):
@@ -94,8 +95,40 @@ class Attention(nnx.Module):
                 f"cuDNN attention needs bfloat16 or float16 inputs, got {q.dtype}: compute in "
                 "bfloat16 (config.compute_dtype) or use the 'xla' attention."
             )
-        y = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+        if self.implementation == "cudnn" and tokens % 2:
+            y = padded_attention(q, k, v, implementation="cudnn")
+        else:
+            y = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
         return self.out(y.reshape(batch, tokens, dim))
+
+
+def padded_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str | None = None
+) -> jax.Array:
+    """Attention over an odd number of tokens as over one more, masked out.
+
+    cuDNN's fused attention refused to differentiate 197 tokens (ViT-Ti/16 at 224²) on an
+    H200 ("Unsupported sequence length Q 197, KV 197", 2026-11-28) and allows even lengths
+    with padding masks; the padded token is no key (masked by the sequence lengths) and its
+    query row is dropped, so the result is attention over the real tokens.
+
+    Args:
+      q, k, v: [B, N, heads, head_dim].
+      implementation: `jax.nn.dot_product_attention`'s.
+
+    Returns:
+      [B, N, heads, head_dim].
+    """
+    batch, tokens = q.shape[:2]
+    pad = ((0, 0), (0, 1), (0, 0), (0, 0))
+    lengths = jnp.full((batch,), tokens, jnp.int32)
+    y = jax.nn.dot_product_attention(
+        *(jnp.pad(a, pad) for a in (q, k, v)),
+        query_seq_lengths=lengths,
+        key_value_seq_lengths=lengths,
+        implementation=implementation,
+    )
+    return y[:, :tokens]
 
 
 class Mlp(nnx.Module):

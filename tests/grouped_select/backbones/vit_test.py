@@ -10,7 +10,12 @@ import pytest
 from flax import nnx
 
 from grouped_select import convert
-from grouped_select.backbones.vit import ViT, ViTVariant, resize_position_embeddings
+from grouped_select.backbones.vit import (
+    ViT,
+    ViTVariant,
+    padded_attention,
+    resize_position_embeddings,
+)
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +170,20 @@ def test_attention_implementation_reaches_every_block_and_checks_its_dtype():
         model(jnp.zeros((1, 32, 32, 3)))
     with pytest.raises(ValueError, match="not one of"):
         ViT(5, variant="ti", image_size=32, attention="flash", rngs=nnx.Rngs(0))
+
+
+def test_padded_attention_equals_attention_over_the_real_tokens():
+    """One masked token more (how cuDNN gets an even length): same values and gradients."""
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 7, 3, 8)) for i in range(3))
+    cotangent = jax.random.normal(jax.random.key(3), (2, 7, 3, 8))
+
+    def run(attention):
+        def loss(q, k, v):
+            y = attention(q, k, v)
+            return jnp.sum(y * cotangent), y
+
+        return jax.jit(jax.grad(loss, (0, 1, 2), has_aux=True))(q, k, v)
+
+    grads, y = run(padded_attention)
+    want_grads, want_y = run(jax.nn.dot_product_attention)
+    chex.assert_trees_all_close((y, grads), (want_y, want_grads), rtol=1e-5, atol=1e-6)
