@@ -36,8 +36,8 @@ import jax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import compiled_flops, time_fn, write_json  # noqa: E402
-from benchmarks.train_step import add_step_arguments, compiled_step  # noqa: E402
+from benchmarks.common import write_json  # noqa: E402
+from benchmarks.train_step import add_step_arguments, bench_dtype  # noqa: E402
 
 # Source files -> the part of the step they compute. An op's call stack is searched from the
 # innermost frame out, so a flax `Linear` inside `vit.py` counts as the classifier.
@@ -268,20 +268,12 @@ def main(argv=None):
     out_dir = pathlib.Path(args.out or pathlib.Path(__file__).parent / "out")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    compiled, state, batch = compiled_step(args, args.dtype)
-    flops = compiled_flops(compiled)
-    holder = {"state": state}
+    def profile(run_step, compiled):
+        return profile_calls(
+            run_step, compiled.as_text(), args.steps, out_dir, "profile_step", args.top
+        )
 
-    def run(batch):
-        holder["state"], metrics = compiled(holder["state"], batch)
-        return metrics["loss"]
-
-    # Untraced timing first (the profiler slows the host side); it also warms up.
-    timing = time_fn(run, batch, warmup=3, repeats=args.repeats, inner=5)
-    seconds = timing["median_s"]
-    summary = profile_calls(
-        lambda: run(batch), compiled.as_text(), args.steps, out_dir, "profile_step", args.top
-    )
+    result = bench_dtype(args, args.dtype, after=profile)
     write_json(
         {
             "benchmark": "profile_step",
@@ -292,26 +284,20 @@ def main(argv=None):
             "scan_layers": args.scan_layers == "true",
             "depthwise_method": args.depthwise_method,
             "attention": args.attention,
-            **timing,
-            "median_ms": 1e3 * seconds,
-            "images_per_s": args.batch / seconds,
-            "flops_per_step": flops,
-            "achieved_tflops": flops / seconds / 1e12 if flops else None,
-            "mfu_vs_bf16_peak": flops / seconds / (args.peak_tflops * 1e12) if flops else None,
             "command_buffers": not args.no_command_buffers,
-            **summary,
+            **result,
         },
         str(out_dir / "profile_step.json"),
         "profile_step.json",
     )
     print(
         f"{args.dtype} depthwise={args.depthwise_method} attention={args.attention}: "
-        f"{1e3 * seconds:.2f} ms / step "
-        f"({args.batch / seconds:.0f} images/s); traced: op time "
-        f"{summary['op_time_us_per_step'] / 1e3:.2f} ms / step, "
-        f"wall {summary['traced_wall_ms_per_call']:.2f} ms"
+        f"{result['median_ms']:.2f} ms / step "
+        f"({result['images_per_s']:.0f} images/s); traced: op time "
+        f"{result['op_time_us_per_step'] / 1e3:.2f} ms / step, "
+        f"wall {result['traced_wall_ms_per_call']:.2f} ms"
     )
-    print_summary(summary)
+    print_summary(result)
 
 
 if __name__ == "__main__":

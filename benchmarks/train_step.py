@@ -16,6 +16,7 @@ import functools
 import importlib
 import pathlib
 import sys
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -98,8 +99,12 @@ def compiled_step(args, dtype: str):
     return step.lower(state, batch).compile(), state, batch
 
 
-def bench_dtype(args, dtype: str) -> dict:
-    """Times the paper's training step computing in `dtype`."""
+def bench_dtype(args, dtype: str, after: Callable | None = None) -> dict:
+    """Times the paper's training step computing in `dtype`.
+
+    `after(run_step, compiled)`, if given, runs once the timing is done (e.g. a profile of
+    `run_step()`); the dict it returns joins the result.
+    """
     compiled, state, batch = compiled_step(args, dtype)  # compiled once: timed and analysed
     flops = compiled_flops(compiled)
     holder = {"state": state}
@@ -110,6 +115,7 @@ def bench_dtype(args, dtype: str) -> dict:
 
     timing = time_fn(run, batch, warmup=3, repeats=args.repeats, inner=5)
     seconds = timing["median_s"]
+    extra = after(functools.partial(run, batch), compiled) if after else {}
     return {
         **timing,
         "color_jitter_in_step": bool(batch.get("jitter_factors") is not None),
@@ -119,6 +125,7 @@ def bench_dtype(args, dtype: str) -> dict:
         "achieved_tflops": flops / seconds / 1e12 if flops else None,
         "mfu_vs_bf16_peak": flops / seconds / (args.peak_tflops * 1e12) if flops else None,
         "final_loss_finite": bool(np.isfinite(float(run(batch)))),
+        **extra,
     }
 
 
