@@ -289,9 +289,9 @@ class LRASPPMobileNetV3(nnx.Module):
         Args:
           dilated: dilate the last stage (output stride 16), as LR-ASPP does.
           inter_channels: width of LR-ASPP's `cbr` and `scale` (128 in torchvision).
-          depthwise_method: how the depthwise convs run: "auto" (the shifted sum on CPU, XLA's
-            grouped convolution elsewhere), "conv" or "shifted_sum"; same parameters and
-            results either way (`grouped_select.backbones.depthwise`).
+          depthwise_method: how the depthwise convs run: "auto" (the shifted sum on CPU and
+            GPU, XLA's grouped convolution on TPU), "conv" or "shifted_sum"; same parameters
+            and results either way (`grouped_select.backbones.depthwise`).
           rngs: initialisation keys.
         """
         configs = large_block_configs(dilated)
