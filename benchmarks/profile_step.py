@@ -284,6 +284,7 @@ def main(argv=None):
             "scan_layers": args.scan_layers == "true",
             "depthwise_method": args.depthwise_method,
             "attention": args.attention,
+            "remat_layers": args.remat_layers == "true",
             "command_buffers": not args.no_command_buffers,
             **result,
         },

@@ -61,7 +61,8 @@ step data_pipeline python3 benchmarks/data_pipeline.py --sizes 224 --worker-coun
   --slic-images 10 --batches 100 --out "$results/data_pipeline.json"
 
 # Extras, while the budget lasts: the step's kernels attributed to model parts (no CUDA
-# graphs), the evaluation with cuDNN's fused attention profiled the same way, XLA's grouped
+# graphs), the evaluation with cuDNN's fused attention profiled the same way, the step with
+# cuDNN attention (padded to 198 tokens) and with the ViT blocks rematerialised, XLA's grouped
 # convolution for the depthwise layers, float32, the ViT unrolled, and the depthwise layers
 # one by one.
 optional profile_attributed python3 benchmarks/profile_step.py --dtype bfloat16 \
@@ -69,6 +70,10 @@ optional profile_attributed python3 benchmarks/profile_step.py --dtype bfloat16 
 optional eval_search_bf16_cudnn_profiled python3 benchmarks/eval_search.py --dtypes bfloat16 \
   --methods grid_chunk5 --attention cudnn --no-command-buffers \
   --profile-dir "$results/profile_eval" --out "$results/eval_search_bf16_cudnn.json"
+optional train_step_bf16_cudnn python3 benchmarks/train_step.py --dtypes bfloat16 \
+  --attention cudnn --repeats 5 --out "$results/train_step_bf16_cudnn.json"
+optional train_step_bf16_remat python3 benchmarks/train_step.py --dtypes bfloat16 \
+  --remat-layers true --repeats 5 --out "$results/train_step_bf16_remat.json"
 optional train_step_bf16_conv python3 benchmarks/train_step.py --dtypes bfloat16 \
   --depthwise-method conv --repeats 5 --out "$results/train_step_bf16_conv.json"
 optional train_step_f32 python3 benchmarks/train_step.py --dtypes float32 --repeats 5 \

@@ -58,6 +58,7 @@ def paper_config(
     scan_layers: bool = True,
     depthwise_method: str = "auto",
     attention: str = "xla",
+    remat_layers: bool = False,
 ):
     config = importlib.import_module(f"train.configs.{name}").get_config()
     config.data.image_size = size
@@ -65,6 +66,7 @@ def paper_config(
     config.model.scan_layers = scan_layers
     config.model.depthwise_method = depthwise_method
     config.model.attention = attention
+    config.model.remat_layers = remat_layers
     return config
 
 
@@ -81,6 +83,7 @@ def compiled_step(args, dtype: str):
         args.scan_layers == "true",
         args.depthwise_method,
         args.attention,
+        args.remat_layers == "true",
     )
     num_classes = 9
     model = models.create_model(config, num_classes, seed=0)
@@ -152,6 +155,12 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
         default="xla",
         help="config.model.attention: the ViT's attention (cudnn: GPU, bfloat16 only)",
     )
+    parser.add_argument(
+        "--remat-layers",
+        choices=("true", "false"),
+        default="false",
+        help="config.model.remat_layers: recompute the ViT blocks in the backward pass",
+    )
 
 
 def main(argv=None):
@@ -180,6 +189,7 @@ def main(argv=None):
             "flops_count_scanned_blocks_once": args.scan_layers == "true",
             "depthwise_method": args.depthwise_method,
             "attention": args.attention,
+            "remat_layers": args.remat_layers == "true",
             "peak_tflops": args.peak_tflops,
             "reference_h200_images_per_s": [900, 1030],
             "results": results,

@@ -41,11 +41,12 @@ def create_classifier(
     strides: tuple[int, ...] | None = None,
     scan_layers: bool = True,
     attention: str = "xla",
+    remat_layers: bool = False,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
     """The classifier called `name` (one of `CLASSIFIERS`); `widths`, `strides`: "small_cnn"
     only (None: stride 2 in every stage); `scan_layers`: ViTs only (`ViT.encode`);
-    `attention`: ViT-Ti/S/B only (`vit.Attention`)."""
+    `attention`, `remat_layers`: ViT-Ti/S/B only (`vit.Attention`, `ViT`)."""
     if name == "small_cnn":
         return SmallCNNClassifier(
             num_classes, widths=tuple(widths), strides=strides and tuple(strides), rngs=rngs
@@ -68,6 +69,7 @@ def create_classifier(
             patch_size=patch_size,
             scan_layers=scan_layers,
             attention=attention,
+            remat_layers=remat_layers,
             rngs=rngs,
         )
     if name in ("resnet18", "resnet34"):
@@ -101,6 +103,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
             strides=config.model.classifier_strides or None,
             scan_layers=config.model.scan_layers,
             attention=config.model.attention,
+            remat_layers=config.model.remat_layers,
             rngs=rngs,
         )
 

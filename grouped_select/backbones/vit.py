@@ -203,6 +203,7 @@ class ViT(nnx.Module):
         layer_norm_eps: float = 1e-12,
         scan_layers: bool = True,
         attention: str = "xla",
+        remat_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         """Builds a ViT with random weights (see `grouped_select.convert` to load some).
@@ -217,6 +218,10 @@ class ViT(nnx.Module):
             stacked at call time (see `encode`); False runs them as a Python loop. Same
             parameters and, up to float rounding, the same values either way.
           attention: "xla" or "cudnn" (fused; GPU, bfloat16 / float16), see `Attention`.
+          remat_layers: recompute each block's forward pass in the backward pass
+            (`jax.checkpoint`) instead of keeping its intermediates: the backward reads one
+            [B, N, D] input per block instead of its MLP and attention activations. Same
+            values and gradients.
           rngs: initialisation keys.
         """
         if isinstance(variant, str):
@@ -247,6 +252,7 @@ class ViT(nnx.Module):
         self.norm = _layer_norm(dim, layer_norm_eps, rngs)
         self.head = _linear(dim, num_classes, rngs)
         self.scan_layers = scan_layers
+        self.remat_layers = remat_layers
 
     def features(self, x: jax.Array) -> jax.Array:
         """Encodes images into tokens.
@@ -303,17 +309,23 @@ class ViT(nnx.Module):
         ViT-Ti forward + backward at batch 4, 224², 2-core CPU: 203–208 ms unrolled, 173–187 ms
         scanned (`benchmarks/RESULTS.md`).
         """
-        if not self.scan_layers:
+        if not (self.scan_layers or self.remat_layers):
             for layer in self.layers:
                 tokens = layer(tokens)
             return tokens
         graphdef, _ = nnx.split(self.layers[0])
         states = [nnx.state(layer) for layer in self.layers]
-        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
         def block(tokens, state):
             return nnx.merge(graphdef, state)(tokens), None
 
+        if self.remat_layers:
+            block = jax.checkpoint(block)
+        if not self.scan_layers:
+            for state in states:
+                tokens, _ = block(tokens, state)
+            return tokens
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
         tokens, _ = jax.lax.scan(block, tokens, stacked)
         return tokens
 
