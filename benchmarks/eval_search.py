@@ -26,7 +26,11 @@ from benchmarks.profile_step import (  # noqa: E402
     print_summary,
     profile_calls,
 )
-from benchmarks.train_step import make_batch, paper_config  # noqa: E402
+from benchmarks.train_step import (  # noqa: E402
+    add_attention_argument,
+    make_batch,
+    paper_config,
+)
 from grouped_select import budget, color  # noqa: E402
 from grouped_select.precision import cast_floating  # noqa: E402
 from train import models  # noqa: E402
@@ -92,12 +96,7 @@ def main(argv=None):
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--methods", default="grid,grid_chunk5,while_loop")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument(
-        "--attention",
-        choices=("xla", "cudnn"),
-        default="xla",
-        help="config.model.attention: the ViT's attention (cudnn: GPU, bfloat16 only)",
-    )
+    add_attention_argument(parser)
     parser.add_argument("--profile-dir", default=None, help="profile the first method here")
     parser.add_argument(
         "--no-command-buffers",

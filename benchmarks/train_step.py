@@ -80,10 +80,10 @@ def compiled_step(args, dtype: str):
         args.config,
         args.size,
         dtype,
-        args.scan_layers == "true",
+        args.scan_layers,
         args.depthwise_method,
         args.attention,
-        args.remat_layers == "true",
+        args.remat_layers,
     )
     num_classes = 9
     model = models.create_model(config, num_classes, seed=0)
@@ -132,35 +132,45 @@ def bench_dtype(args, dtype: str, after: Callable | None = None) -> dict:
     }
 
 
-def add_step_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that choose the step: config, shapes and how its layers run."""
-    parser.add_argument("--config", default="imagenet9", help="a train/configs module")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument(
-        "--scan-layers",
-        choices=("true", "false"),
-        default="true",
-        help="config.model.scan_layers: the ViT's blocks as one lax.scan or a Python loop",
-    )
-    parser.add_argument(
-        "--depthwise-method",
-        choices=("auto", "conv", "shifted_sum"),
-        default="auto",
-        help="config.model.depthwise_method: the MobileNet's depthwise convolutions",
-    )
+def _true_or_false(text: str) -> bool:
+    if text not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text == "true"
+
+
+def add_attention_argument(parser: argparse.ArgumentParser) -> None:
+    """--attention: config.model.attention (shared with eval_search.py)."""
     parser.add_argument(
         "--attention",
         choices=("xla", "cudnn"),
         default="xla",
         help="config.model.attention: the ViT's attention (cudnn: GPU, bfloat16 only)",
     )
+
+
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the step: config, shapes and how its layers run."""
+    parser.add_argument("--config", default="imagenet9", help="a train/configs module")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--size", type=int, default=224)
     parser.add_argument(
-        "--remat-layers",
-        choices=("true", "false"),
-        default="false",
-        help="config.model.remat_layers: recompute the ViT blocks in the backward pass",
+        "--depthwise-method",
+        choices=("auto", "conv", "shifted_sum"),
+        default="auto",
+        help="config.model.depthwise_method: the MobileNet's depthwise convolutions",
     )
+    add_attention_argument(parser)
+    for name, default, help_text in (
+        ("scan-layers", True, "the ViT's blocks as one lax.scan (false: a Python loop)"),
+        ("remat-layers", False, "recompute the ViT blocks in the backward pass"),
+    ):
+        parser.add_argument(
+            f"--{name}",
+            type=_true_or_false,
+            default=default,
+            metavar="{true,false}",
+            help=f"config.model.{name.replace('-', '_')}: {help_text}",
+        )
 
 
 def main(argv=None):
@@ -184,12 +194,12 @@ def main(argv=None):
             "config": args.config,
             "batch": args.batch,
             "image_size": args.size,
-            "scan_layers": args.scan_layers == "true",
+            "scan_layers": args.scan_layers,
             # XLA's cost analysis counts a scanned body once: FLOPs / MFU undercounted then.
-            "flops_count_scanned_blocks_once": args.scan_layers == "true",
+            "flops_count_scanned_blocks_once": args.scan_layers,
             "depthwise_method": args.depthwise_method,
             "attention": args.attention,
-            "remat_layers": args.remat_layers == "true",
+            "remat_layers": args.remat_layers,
             "peak_tflops": args.peak_tflops,
             "reference_h200_images_per_s": [900, 1030],
             "results": results,
