@@ -10,6 +10,7 @@ argument; weights trained at another resolution need their position embeddings r
 `resize_position_embeddings` (`grouped_select.convert.load_vit_weights` does it when loading).
 """
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -63,8 +64,9 @@ class Attention(nnx.Module):
       implementation: `jax.nn.dot_product_attention`'s: "xla" (any backend and dtype) or
         "cudnn" (cuDNN's fused attention: NVIDIA GPUs, bfloat16 / float16 only). On an H200
         (2026-11-28) "cudnn" took the ViT-Ti/16 evaluation from 47.8 to 36.9 ms, but its gradient
-        refused 197 tokens ("Unsupported sequence length"); odd token counts now go through
-        `padded_attention` (one masked token more), not yet run on a GPU.
+        refused 197 tokens ("Unsupported sequence length"): odd token counts now run the
+        kernel as is forward and differentiate through `padded_attention` (one masked token
+        more; `odd_length_attention`), not yet run on a GPU.
     """
 
     def __init__(self, dim: int, num_heads: int, *, implementation: str = "xla", rngs: nnx.Rngs):
@@ -96,7 +98,7 @@ class Attention(nnx.Module):
                 "bfloat16 (config.compute_dtype) or use the 'xla' attention."
             )
         if self.implementation == "cudnn" and tokens % 2:
-            y = padded_attention(q, k, v, implementation="cudnn")
+            y = odd_length_attention(q, k, v, "cudnn")
         else:
             y = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
         return self.out(y.reshape(batch, tokens, dim))
@@ -119,9 +121,14 @@ def padded_attention(
     Returns:
       [B, N, heads, head_dim].
     """
-    batch, tokens = q.shape[:2]
+    tokens = q.shape[1]
     pad = ((0, 0), (0, 1), (0, 0), (0, 0))
-    lengths = jnp.full((batch,), tokens, jnp.int32)
+    # The lengths are computed from q (a select whose two branches are equal) so that under
+    # `jax.vmap` they are batched wherever q is: cuDNN attention's batching rule folds every
+    # operand's vmapped axis into its batch axis, and an unbatched [B] array fails there
+    # ("cannot reshape (64,) into (320,)": the budget search's vmap over 5 budgets).
+    first = q[:, 0, 0, 0]
+    lengths = jnp.where(jnp.isnan(first), tokens, tokens).astype(jnp.int32)
     y = jax.nn.dot_product_attention(
         *(jnp.pad(a, pad) for a in (q, k, v)),
         query_seq_lengths=lengths,
@@ -129,6 +136,39 @@ def padded_attention(
         implementation=implementation,
     )
     return y[:, :tokens]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def odd_length_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, implementation: str | None = None
+) -> jax.Array:
+    """Attention over an odd number of tokens whose gradient goes through `padded_attention`.
+
+    cuDNN's fused attention computes 197 tokens forward but not backward. Padding costs a
+    copy of q, k, v and of the output per layer, which the evaluation's forward-only passes
+    (20 per batch) need not pay: the forward pass here is the plain kernel, and only the
+    gradient recomputes the attention padded (one more forward kernel per layer).
+
+    Args:
+      q, k, v: [B, N, heads, head_dim].
+      implementation: `jax.nn.dot_product_attention`'s.
+
+    Returns:
+      [B, N, heads, head_dim].
+    """
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
+def _odd_length_attention_forward(q, k, v, implementation):
+    return odd_length_attention(q, k, v, implementation), (q, k, v)
+
+
+def _odd_length_attention_backward(implementation, residuals, grad):
+    _, vjp = jax.vjp(functools.partial(padded_attention, implementation=implementation), *residuals)
+    return vjp(grad)
+
+
+odd_length_attention.defvjp(_odd_length_attention_forward, _odd_length_attention_backward)
 
 
 class Mlp(nnx.Module):

@@ -13,6 +13,7 @@ from grouped_select import convert
 from grouped_select.backbones.vit import (
     ViT,
     ViTVariant,
+    odd_length_attention,
     padded_attention,
     resize_position_embeddings,
 )
@@ -217,3 +218,51 @@ def test_padded_attention_equals_attention_over_the_real_tokens():
     grads, y = run(padded_attention)
     want_grads, want_y = run(jax.nn.dot_product_attention)
     chex.assert_trees_all_close((y, grads), (want_y, want_grads), rtol=1e-5, atol=1e-6)
+
+
+def test_odd_length_attention_equals_attention_values_and_gradients():
+    """Plain forward, gradient through the padded attention: both equal plain attention's."""
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 7, 3, 8)) for i in range(3))
+    cotangent = jax.random.normal(jax.random.key(3), (2, 7, 3, 8))
+
+    def run(attention):
+        def loss(q, k, v):
+            y = attention(q, k, v)
+            return jnp.sum(y * cotangent), y
+
+        return jax.jit(jax.grad(loss, (0, 1, 2), has_aux=True))(q, k, v)
+
+    grads, y = run(lambda q, k, v: odd_length_attention(q, k, v, "xla"))
+    want_grads, want_y = run(jax.nn.dot_product_attention)
+    chex.assert_trees_all_close((y, grads), (want_y, want_grads), rtol=1e-5, atol=1e-6)
+
+
+def test_padded_attention_sequence_lengths_are_batched_under_vmap(monkeypatch):
+    """cuDNN attention's batching rule folds every operand's vmapped axis into its batch, so
+    the sequence lengths must be batched wherever q is (the budget search vmaps over budgets;
+    unbatched lengths failed: "cannot reshape (64,) into (320,)")."""
+    real = jax.nn.dot_product_attention
+    seen = []
+
+    def plain(q, k, v, lengths):
+        return real(q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths)
+
+    attend = jax.custom_batching.custom_vmap(plain)
+
+    @attend.def_vmap
+    def _(axis_size, in_batched, q, k, v, lengths):
+        seen.append(tuple(in_batched))
+        in_axes = [0 if batched else None for batched in in_batched]
+        return jax.vmap(plain, in_axes=in_axes)(q, k, v, lengths), True
+
+    def fake(q, k, v, *, query_seq_lengths, key_value_seq_lengths, implementation):
+        assert query_seq_lengths is key_value_seq_lengths
+        return attend(q, k, v, query_seq_lengths)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
+    q = jax.random.normal(jax.random.key(0), (5, 2, 7, 3, 8))
+    y = jax.jit(jax.vmap(lambda q: padded_attention(q, q, q)))(q)
+    monkeypatch.undo()
+    assert seen == [(True, True, True, True)]
+    want = jax.vmap(lambda q: jax.nn.dot_product_attention(q, q, q))(q)
+    chex.assert_trees_all_close(y, want, rtol=1e-5, atol=1e-6)
