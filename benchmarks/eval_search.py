@@ -27,7 +27,7 @@ from benchmarks.profile_step import (  # noqa: E402
     profile_calls,
 )
 from benchmarks.train_step import (  # noqa: E402
-    add_attention_argument,
+    add_vit_kernel_arguments,
     make_batch,
     paper_config,
 )
@@ -38,7 +38,9 @@ from train import models  # noqa: E402
 
 def bench_dtype(args, dtype: str) -> dict:
     """Times every search method with the model computing in `dtype`."""
-    config = paper_config(args.config, args.size, dtype, attention=args.attention)
+    config = paper_config(
+        args.config, args.size, dtype, attention=args.attention, mlp_kernel=args.mlp_kernel
+    )
     num_regions = config.data.num_regions
     model = models.create_model(config, 9, seed=0)
     model.eval()
@@ -96,7 +98,7 @@ def main(argv=None):
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--methods", default="grid,grid_chunk5,while_loop")
     parser.add_argument("--repeats", type=int, default=10)
-    add_attention_argument(parser)
+    add_vit_kernel_arguments(parser)
     parser.add_argument("--profile-dir", default=None, help="profile the first method here")
     parser.add_argument(
         "--no-command-buffers",
@@ -119,6 +121,7 @@ def main(argv=None):
             "image_size": args.size,
             "certainty": args.certainty,
             "attention": args.attention,
+            "mlp_kernel": args.mlp_kernel,
             "reference_h200_ms_per_batch": 195,
             "results": results,
         },

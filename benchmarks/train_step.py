@@ -59,6 +59,7 @@ def paper_config(
     depthwise_method: str = "auto",
     attention: str = "xla",
     remat_layers: bool = False,
+    mlp_kernel: str = "xla",
 ):
     config = importlib.import_module(f"train.configs.{name}").get_config()
     config.data.image_size = size
@@ -67,6 +68,7 @@ def paper_config(
     config.model.depthwise_method = depthwise_method
     config.model.attention = attention
     config.model.remat_layers = remat_layers
+    config.model.mlp_kernel = mlp_kernel
     return config
 
 
@@ -84,6 +86,7 @@ def compiled_step(args, dtype: str):
         args.depthwise_method,
         args.attention,
         args.remat_layers,
+        args.mlp_kernel,
     )
     num_classes = 9
     model = models.create_model(config, num_classes, seed=0)
@@ -138,13 +141,19 @@ def _true_or_false(text: str) -> bool:
     return text == "true"
 
 
-def add_attention_argument(parser: argparse.ArgumentParser) -> None:
-    """--attention: config.model.attention (shared with eval_search.py)."""
+def add_vit_kernel_arguments(parser: argparse.ArgumentParser) -> None:
+    """--attention, --mlp-kernel: config.model's ViT kernels (shared with eval_search.py)."""
     parser.add_argument(
         "--attention",
         choices=("xla", "cudnn"),
         default="xla",
         help="config.model.attention: the ViT's attention (cudnn: GPU, bfloat16 only)",
+    )
+    parser.add_argument(
+        "--mlp-kernel",
+        choices=("xla", "pallas"),
+        default="xla",
+        help="config.model.mlp_kernel: each ViT block's LayerNorm + MLP (pallas: one GPU kernel)",
     )
 
 
@@ -159,7 +168,7 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="config.model.depthwise_method: the MobileNet's depthwise convolutions",
     )
-    add_attention_argument(parser)
+    add_vit_kernel_arguments(parser)
     for name, default, help_text in (
         ("scan-layers", True, "the ViT's blocks as one lax.scan (false: a Python loop)"),
         ("remat-layers", False, "recompute the ViT blocks in the backward pass"),
@@ -199,6 +208,7 @@ def main(argv=None):
             "flops_count_scanned_blocks_once": args.scan_layers,
             "depthwise_method": args.depthwise_method,
             "attention": args.attention,
+            "mlp_kernel": args.mlp_kernel,
             "remat_layers": args.remat_layers,
             "peak_tflops": args.peak_tflops,
             "reference_h200_images_per_s": [900, 1030],

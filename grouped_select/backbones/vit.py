@@ -20,6 +20,8 @@ import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike
 
+from grouped_select import pallas_mlp
+
 # HF initialises every linear / conv kernel and both embeddings with trunc_normal(std=0.02).
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
@@ -54,6 +56,7 @@ def _layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+MLP_KERNELS = ("xla", "pallas")
 
 
 class Attention(nnx.Module):
@@ -197,6 +200,9 @@ class EncoderBlock(nnx.Module):
       attn: `Attention`.
       norm2: HF `layernorm_after`.
       mlp: `Mlp`.
+      mlp_kernel: "xla" (LayerNorm, fc1, GELU, fc2 and the residual add as XLA compiles them)
+        or "pallas" (`grouped_select.pallas_mlp.fused_mlp_block`: the whole second half in one
+        GPU kernel; same parameters).
     """
 
     def __init__(
@@ -205,18 +211,32 @@ class EncoderBlock(nnx.Module):
         *,
         layer_norm_eps: float,
         attention: str = "xla",
+        mlp_kernel: str = "xla",
         rngs: nnx.Rngs,
     ):
         """Builds one block of `variant`'s width (`attention`: see `Attention`)."""
+        if mlp_kernel not in MLP_KERNELS:
+            raise ValueError(f"mlp_kernel {mlp_kernel!r} is not one of {MLP_KERNELS}.")
         dim = variant.hidden_size
         self.norm1 = _layer_norm(dim, layer_norm_eps, rngs)
         self.attn = Attention(dim, variant.num_heads, implementation=attention, rngs=rngs)
         self.norm2 = _layer_norm(dim, layer_norm_eps, rngs)
         self.mlp = Mlp(dim, variant.mlp_dim, rngs=rngs)
+        self.mlp_kernel = mlp_kernel
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, N, D] -> [B, N, D]."""
         x = x + self.attn(self.norm1(x))
+        if self.mlp_kernel == "pallas":
+            weights = pallas_mlp.MlpWeights(
+                self.norm2.scale[...],
+                self.norm2.bias[...],
+                self.mlp.fc1.kernel[...],
+                self.mlp.fc1.bias[...],
+                self.mlp.fc2.kernel[...],
+                self.mlp.fc2.bias[...],
+            )
+            return pallas_mlp.fused_mlp_block(x, weights, self.norm2.epsilon)
         return x + self.mlp(self.norm2(x))
 
 
@@ -244,6 +264,7 @@ class ViT(nnx.Module):
         scan_layers: bool = True,
         attention: str = "xla",
         remat_layers: bool = False,
+        mlp_kernel: str = "xla",
         rngs: nnx.Rngs,
     ):
         """Builds a ViT with random weights (see `grouped_select.convert` to load some).
@@ -262,6 +283,8 @@ class ViT(nnx.Module):
             (`jax.checkpoint`) instead of keeping its intermediates: the backward reads one
             [B, N, D] input per block instead of its MLP and attention activations. Same
             values and gradients.
+          mlp_kernel: "xla" or "pallas" (each block's LayerNorm + MLP + residual in one GPU
+            kernel, see `EncoderBlock`).
           rngs: initialisation keys.
         """
         if isinstance(variant, str):
@@ -285,7 +308,13 @@ class ViT(nnx.Module):
         self.pos_embed = nnx.Param(_INIT(rngs.params(), (1, num_tokens, dim)))
         self.layers = nnx.List(
             [
-                EncoderBlock(variant, layer_norm_eps=layer_norm_eps, attention=attention, rngs=rngs)
+                EncoderBlock(
+                    variant,
+                    layer_norm_eps=layer_norm_eps,
+                    attention=attention,
+                    mlp_kernel=mlp_kernel,
+                    rngs=rngs,
+                )
                 for _ in range(variant.num_layers)
             ]
         )

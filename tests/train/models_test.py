@@ -72,15 +72,17 @@ def test_scan_layers_reaches_the_vit_and_keeps_its_parameters(tiny_config, scan_
     chex.assert_trees_all_equal(_pure(model), _pure(other))
 
 
-def test_attention_remat_and_depthwise_method_reach_the_networks(tiny_config):
+def test_vit_kernels_remat_and_depthwise_method_reach_the_networks(tiny_config):
     tiny_config.model.selector = "lraspp_mobilenet_v3_large"
     tiny_config.model.classifier = "vit_ti"
     tiny_config.model.patch_size = 16
     tiny_config.model.attention = "cudnn"
     tiny_config.model.depthwise_method = "conv"
     tiny_config.model.remat_layers = True
+    tiny_config.model.mlp_kernel = "pallas"
     model = nnx.eval_shape(lambda: models.create_model(tiny_config, 3, seed=0))
     assert {block.attn.implementation for block in model.classifier.layers} == {"cudnn"}
+    assert {block.mlp_kernel for block in model.classifier.layers} == {"pallas"}
     assert model.classifier.remat_layers is True
     methods = {
         layer.depthwise_method
