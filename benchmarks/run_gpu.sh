@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark on one GPU machine, most important first, in about five minutes (on an H200,
-# 2026-11-28, the five main steps took 106 + 75 + 13 + 7 + 66 s, the pipeline then with 20
-# batches and three worker counts; the extras run while RUN_GPU_BUDGET_S lasts).
+# 2026-11-28 morning, the step 106 s, the search 75, pooling 13, jitter 7, the pipeline 66 with
+# 20 batches; train_step.py runs take 40-60 s; extras run while RUN_GPU_BUDGET_S lasts).
 #   bash benchmarks/run_gpu.sh            # results in benchmarks/out/gpu/ (JSON + logs)
 #   RUN_GPU_BUDGET_S=600 bash benchmarks/run_gpu.sh   # let the optional extras run too
 # With $OUT set (the device tool), everything is also packed into $OUT/gpu_results.tgz after
@@ -47,11 +47,22 @@ optional() {
   step "$@"
 }
 
-# The train step in bfloat16 (the 4x target), timed, then profiled per kernel (CUDA graphs on,
-# as in training: the profile's kernels stay unattributed; see the extras).
-step train_step_bf16 python3 benchmarks/profile_step.py --dtype bfloat16 --out "$results/profile"
+# Most promising first (2026-11-28 afternoon, chosen without a GPU from the H200 programs
+# compiled here and their bytes and kernel counts, see RESULTS.md): the step and the search
+# with cuDNN attention, the ViT blocks rematerialised (training) and the fused MLP kernel.
+step train_step_bf16_fast python3 benchmarks/train_step.py --dtypes bfloat16 --attention cudnn \
+  --remat-layers true --mlp-kernel pallas --repeats 5 --out "$results/train_step_bf16_fast.json"
+step eval_search_bf16_fast python3 benchmarks/eval_search.py --dtypes bfloat16 \
+  --methods grid_chunk5 --attention cudnn --mlp-kernel pallas \
+  --out "$results/eval_search_bf16_fast.json"
+# The fused MLP kernel alone against XLA's, six work divisions, at the step's and the search's
+# token counts.
+step vit_mlp python3 benchmarks/vit_mlp.py --out "$results/vit_mlp.json"
+# The defaults (XLA attention, no remat, XLA's MLP), for the side-by-side ratio.
+step train_step_bf16 python3 benchmarks/train_step.py --dtypes bfloat16 --repeats 5 \
+  --out "$results/train_step_bf16.json"
 step eval_search_bf16 python3 benchmarks/eval_search.py --dtypes bfloat16 \
-  --out "$results/eval_search_bf16.json"
+  --methods grid_chunk5 --out "$results/eval_search_bf16.json"
 step pooling python3 benchmarks/pooling.py --out "$results/pooling.json"
 # Colour jitter + normalisation alone, as the train step runs them on the GPU.
 step color_jitter python3 benchmarks/color_jitter.py --out "$results/color_jitter.json"
@@ -59,21 +70,29 @@ step color_jitter python3 benchmarks/color_jitter.py --out "$results/color_jitte
 # 100 batches: 20 were shorter than grain's start-up and read-ahead with 8-16 workers.
 step data_pipeline python3 benchmarks/data_pipeline.py --sizes 224 --worker-counts 0,16 \
   --slic-images 10 --batches 100 --out "$results/data_pipeline.json"
-
-# Extras, while the budget lasts: the step's kernels attributed to model parts (no CUDA
-# graphs), the evaluation with cuDNN's fused attention profiled the same way, the step with
-# cuDNN attention (padded to 198 tokens) and with the ViT blocks rematerialised, XLA's grouped
-# convolution for the depthwise layers, float32, the ViT unrolled, and the depthwise layers
-# one by one.
+# Extras, while the budget lasts: the fast configuration without the fused MLP kernel; the
+# fast step's and search's kernels attributed to model parts (no CUDA graphs); the default
+# step profiled; each change alone; XLA's grouped convolution for the depthwise layers,
+# float32, the ViT unrolled, and the depthwise layers one by one.
+optional train_step_bf16_cudnn_remat python3 benchmarks/train_step.py --dtypes bfloat16 \
+  --attention cudnn --remat-layers true --repeats 5 \
+  --out "$results/train_step_bf16_cudnn_remat.json"
+optional eval_search_bf16_cudnn python3 benchmarks/eval_search.py --dtypes bfloat16 \
+  --methods grid_chunk5 --attention cudnn --out "$results/eval_search_bf16_cudnn.json"
 optional profile_attributed python3 benchmarks/profile_step.py --dtype bfloat16 \
+  --attention cudnn --remat-layers true --mlp-kernel pallas \
   --no-command-buffers --out "$results/profile_attributed"
-optional eval_search_bf16_cudnn_profiled python3 benchmarks/eval_search.py --dtypes bfloat16 \
-  --methods grid_chunk5 --attention cudnn --no-command-buffers \
-  --profile-dir "$results/profile_eval" --out "$results/eval_search_bf16_cudnn.json"
+optional eval_search_bf16_fast_profiled python3 benchmarks/eval_search.py --dtypes bfloat16 \
+  --methods grid_chunk5 --attention cudnn --mlp-kernel pallas --no-command-buffers \
+  --profile-dir "$results/profile_eval" --out "$results/eval_search_bf16_fast_profiled.json"
+optional profile_default python3 benchmarks/profile_step.py --dtype bfloat16 \
+  --out "$results/profile"
 optional train_step_bf16_cudnn python3 benchmarks/train_step.py --dtypes bfloat16 \
   --attention cudnn --repeats 5 --out "$results/train_step_bf16_cudnn.json"
 optional train_step_bf16_remat python3 benchmarks/train_step.py --dtypes bfloat16 \
   --remat-layers true --repeats 5 --out "$results/train_step_bf16_remat.json"
+optional train_step_bf16_pallas_mlp python3 benchmarks/train_step.py --dtypes bfloat16 \
+  --mlp-kernel pallas --repeats 5 --out "$results/train_step_bf16_pallas_mlp.json"
 optional train_step_bf16_conv python3 benchmarks/train_step.py --dtypes bfloat16 \
   --depthwise-method conv --repeats 5 --out "$results/train_step_bf16_conv.json"
 optional train_step_f32 python3 benchmarks/train_step.py --dtypes float32 --repeats 5 \
@@ -81,7 +100,6 @@ optional train_step_f32 python3 benchmarks/train_step.py --dtypes float32 --repe
 optional train_step_bf16_unrolled python3 benchmarks/train_step.py --scan-layers false \
   --dtypes bfloat16 --repeats 5 --out "$results/train_step_bf16_unrolled.json"
 optional depthwise python3 benchmarks/depthwise.py --batch 64 --out "$results/depthwise.json"
-
 echo "== summary"
 grep -h "images/s\|ms / step" "$results"/*.log | tail -n 20
 cat "$results/timings.txt"

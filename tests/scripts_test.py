@@ -40,7 +40,8 @@ def test_script_starts(script, tmp_path):
 # benchmarks that `benchmarks/run_gpu.sh` times on the GPU must start without them.
 GPU_IMAGE_LACKS = ("tensorflow_datasets", "grain", "array_record")
 GPU_BENCHMARKS = (
-    "pooling", "train_step", "profile_step", "eval_search", "depthwise", "color_jitter"
+    "pooling", "train_step", "profile_step", "eval_search", "depthwise", "color_jitter",
+    "vit_mlp",
 )  # fmt: skip
 
 
