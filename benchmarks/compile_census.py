@@ -4,7 +4,7 @@
     #   python -m venv /tmp/cuda && /tmp/cuda/bin/pip install "jax[cuda13]==$JAX" flax optax \
     #     chex ml_collections scikit-image
     python benchmarks/compile_census.py train [--attention cudnn --remat-layers true ...]
-    python benchmarks/compile_census.py eval [--attention cudnn --mlp-kernel pallas]
+    python benchmarks/compile_census.py eval [--attention cudnn --block-kernels pallas]
     python benchmarks/compile_census.py hlo FILE.hlo.txt[.gz]   # a module compiled on a GPU
     python benchmarks/compile_census.py calibrate PROFILE_DIR     # fit the model to a profile
 
@@ -308,7 +308,7 @@ def _train_program(args):
 
         config = train_step.paper_config(
             args.config, args.size, args.dtype, args.scan_layers, args.depthwise_method,
-            args.attention, args.remat_layers, args.mlp_kernel,
+            args.attention, args.remat_layers, args.block_kernels,
         )  # fmt: skip
         model = models.create_model(config, 9, seed=0)
         optimizer = steps.create_optimizer(config)
@@ -337,7 +337,11 @@ def _eval_program(args):
         from train import models
 
         config = train_step.paper_config(
-            args.config, args.size, args.dtype, attention=args.attention, mlp_kernel=args.mlp_kernel
+            args.config,
+            args.size,
+            args.dtype,
+            attention=args.attention,
+            block_kernels=args.block_kernels,
         )
         regions = config.data.num_regions
         model = models.create_model(config, 9, seed=0)

@@ -39,7 +39,7 @@ from train import models  # noqa: E402
 def bench_dtype(args, dtype: str) -> dict:
     """Times every search method with the model computing in `dtype`."""
     config = paper_config(
-        args.config, args.size, dtype, attention=args.attention, mlp_kernel=args.mlp_kernel
+        args.config, args.size, dtype, attention=args.attention, block_kernels=args.block_kernels
     )
     num_regions = config.data.num_regions
     model = models.create_model(config, 9, seed=0)
@@ -121,7 +121,7 @@ def main(argv=None):
             "image_size": args.size,
             "certainty": args.certainty,
             "attention": args.attention,
-            "mlp_kernel": args.mlp_kernel,
+            "block_kernels": args.block_kernels,
             "reference_h200_ms_per_batch": 195,
             "results": results,
         },

@@ -284,7 +284,7 @@ def main(argv=None):
             "scan_layers": args.scan_layers,
             "depthwise_method": args.depthwise_method,
             "attention": args.attention,
-            "mlp_kernel": args.mlp_kernel,
+            "block_kernels": args.block_kernels,
             "remat_layers": args.remat_layers,
             "command_buffers": not args.no_command_buffers,
             **result,
@@ -294,7 +294,7 @@ def main(argv=None):
     )
     print(
         f"{args.dtype} depthwise={args.depthwise_method} attention={args.attention} "
-        f"mlp={args.mlp_kernel}: "
+        f"mlp={args.block_kernels}: "
         f"{result['median_ms']:.2f} ms / step "
         f"({result['images_per_s']:.0f} images/s); traced: op time "
         f"{result['op_time_us_per_step'] / 1e3:.2f} ms / step, "

@@ -49,15 +49,15 @@ optional() {
 
 # Most promising first (2026-11-28 afternoon, chosen without a GPU from the H200 programs
 # compiled here and their bytes and kernel counts, see RESULTS.md): the step and the search
-# with cuDNN attention, the ViT blocks rematerialised (training) and the fused MLP kernel.
+# with cuDNN attention, the ViT blocks rematerialised (training) and the fused block kernels.
 step train_step_bf16_fast python3 benchmarks/train_step.py --dtypes bfloat16 --attention cudnn \
-  --remat-layers true --mlp-kernel pallas --repeats 5 --out "$results/train_step_bf16_fast.json"
+  --remat-layers true --block-kernels pallas --repeats 5 --out "$results/train_step_bf16_fast.json"
 step eval_search_bf16_fast python3 benchmarks/eval_search.py --dtypes bfloat16 \
-  --methods grid_chunk5 --attention cudnn --mlp-kernel pallas \
+  --methods grid_chunk5 --attention cudnn --block-kernels pallas \
   --out "$results/eval_search_bf16_fast.json"
-# The fused MLP kernel alone against XLA's, six work divisions, at the step's and the search's
-# token counts.
-step vit_mlp python3 benchmarks/vit_mlp.py --out "$results/vit_mlp.json"
+# The fused block kernels alone against XLA's, several work divisions, at the step's and the
+# search's token counts.
+step vit_kernels python3 benchmarks/vit_kernels.py --out "$results/vit_kernels.json"
 # The defaults (XLA attention, no remat, XLA's MLP), for the side-by-side ratio.
 step train_step_bf16 python3 benchmarks/train_step.py --dtypes bfloat16 --repeats 5 \
   --out "$results/train_step_bf16.json"
@@ -70,7 +70,7 @@ step color_jitter python3 benchmarks/color_jitter.py --out "$results/color_jitte
 # 100 batches: 20 were shorter than grain's start-up and read-ahead with 8-16 workers.
 step data_pipeline python3 benchmarks/data_pipeline.py --sizes 224 --worker-counts 0,16 \
   --slic-images 10 --batches 100 --out "$results/data_pipeline.json"
-# Extras, while the budget lasts: the fast configuration without the fused MLP kernel; the
+# Extras, while the budget lasts: the fast configuration without the fused block kernels; the
 # fast step's and search's kernels attributed to model parts (no CUDA graphs); the default
 # step profiled; each change alone; XLA's grouped convolution for the depthwise layers,
 # float32, the ViT unrolled, and the depthwise layers one by one.
@@ -80,10 +80,10 @@ optional train_step_bf16_cudnn_remat python3 benchmarks/train_step.py --dtypes b
 optional eval_search_bf16_cudnn python3 benchmarks/eval_search.py --dtypes bfloat16 \
   --methods grid_chunk5 --attention cudnn --out "$results/eval_search_bf16_cudnn.json"
 optional profile_attributed python3 benchmarks/profile_step.py --dtype bfloat16 \
-  --attention cudnn --remat-layers true --mlp-kernel pallas \
+  --attention cudnn --remat-layers true --block-kernels pallas \
   --no-command-buffers --out "$results/profile_attributed"
 optional eval_search_bf16_fast_profiled python3 benchmarks/eval_search.py --dtypes bfloat16 \
-  --methods grid_chunk5 --attention cudnn --mlp-kernel pallas --no-command-buffers \
+  --methods grid_chunk5 --attention cudnn --block-kernels pallas --no-command-buffers \
   --profile-dir "$results/profile_eval" --out "$results/eval_search_bf16_fast_profiled.json"
 optional profile_default python3 benchmarks/profile_step.py --dtype bfloat16 \
   --out "$results/profile"
@@ -91,8 +91,8 @@ optional train_step_bf16_cudnn python3 benchmarks/train_step.py --dtypes bfloat1
   --attention cudnn --repeats 5 --out "$results/train_step_bf16_cudnn.json"
 optional train_step_bf16_remat python3 benchmarks/train_step.py --dtypes bfloat16 \
   --remat-layers true --repeats 5 --out "$results/train_step_bf16_remat.json"
-optional train_step_bf16_pallas_mlp python3 benchmarks/train_step.py --dtypes bfloat16 \
-  --mlp-kernel pallas --repeats 5 --out "$results/train_step_bf16_pallas_mlp.json"
+optional train_step_bf16_block_kernels python3 benchmarks/train_step.py --dtypes bfloat16 \
+  --block-kernels pallas --repeats 5 --out "$results/train_step_bf16_block_kernels.json"
 optional train_step_bf16_conv python3 benchmarks/train_step.py --dtypes bfloat16 \
   --depthwise-method conv --repeats 5 --out "$results/train_step_bf16_conv.json"
 optional train_step_f32 python3 benchmarks/train_step.py --dtypes float32 --repeats 5 \

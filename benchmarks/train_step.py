@@ -59,7 +59,7 @@ def paper_config(
     depthwise_method: str = "auto",
     attention: str = "xla",
     remat_layers: bool = False,
-    mlp_kernel: str = "xla",
+    block_kernels: str = "xla",
 ):
     config = importlib.import_module(f"train.configs.{name}").get_config()
     config.data.image_size = size
@@ -68,7 +68,7 @@ def paper_config(
     config.model.depthwise_method = depthwise_method
     config.model.attention = attention
     config.model.remat_layers = remat_layers
-    config.model.mlp_kernel = mlp_kernel
+    config.model.block_kernels = block_kernels
     return config
 
 
@@ -86,7 +86,7 @@ def compiled_step(args, dtype: str):
         args.depthwise_method,
         args.attention,
         args.remat_layers,
-        args.mlp_kernel,
+        args.block_kernels,
     )
     num_classes = 9
     model = models.create_model(config, num_classes, seed=0)
@@ -142,7 +142,7 @@ def _true_or_false(text: str) -> bool:
 
 
 def add_vit_kernel_arguments(parser: argparse.ArgumentParser) -> None:
-    """--attention, --mlp-kernel: config.model's ViT kernels (shared with eval_search.py)."""
+    """--attention, --block-kernels: config.model's ViT kernels (shared with eval_search.py)."""
     parser.add_argument(
         "--attention",
         choices=("xla", "cudnn"),
@@ -150,10 +150,11 @@ def add_vit_kernel_arguments(parser: argparse.ArgumentParser) -> None:
         help="config.model.attention: the ViT's attention (cudnn: GPU, bfloat16 only)",
     )
     parser.add_argument(
-        "--mlp-kernel",
+        "--block-kernels",
         choices=("xla", "pallas"),
         default="xla",
-        help="config.model.mlp_kernel: each ViT block's LayerNorm + MLP (pallas: one GPU kernel)",
+        help="config.model.block_kernels: the ViT blocks' LayerNorms fused with their matmuls "
+        "(pallas: GPU kernels)",
     )
 
 
@@ -208,7 +209,7 @@ def main(argv=None):
             "flops_count_scanned_blocks_once": args.scan_layers,
             "depthwise_method": args.depthwise_method,
             "attention": args.attention,
-            "mlp_kernel": args.mlp_kernel,
+            "block_kernels": args.block_kernels,
             "remat_layers": args.remat_layers,
             "peak_tflops": args.peak_tflops,
             "reference_h200_images_per_s": [900, 1030],

@@ -41,7 +41,7 @@ def test_script_starts(script, tmp_path):
 GPU_IMAGE_LACKS = ("tensorflow_datasets", "grain", "array_record")
 GPU_BENCHMARKS = (
     "pooling", "train_step", "profile_step", "eval_search", "depthwise", "color_jitter",
-    "vit_mlp",
+    "vit_kernels",
 )  # fmt: skip
 
 

@@ -42,12 +42,12 @@ def create_classifier(
     scan_layers: bool = True,
     attention: str = "xla",
     remat_layers: bool = False,
-    mlp_kernel: str = "xla",
+    block_kernels: str = "xla",
     rngs: nnx.Rngs,
 ) -> nnx.Module:
     """The classifier called `name` (one of `CLASSIFIERS`); `widths`, `strides`: "small_cnn"
     only (None: stride 2 in every stage); `scan_layers`: ViTs only (`ViT.encode`);
-    `attention`, `remat_layers`, `mlp_kernel`: ViT-Ti/S/B only (`vit.Attention`, `ViT`)."""
+    `attention`, `remat_layers`, `block_kernels`: ViT-Ti/S/B only (`vit.Attention`, `ViT`)."""
     if name == "small_cnn":
         return SmallCNNClassifier(
             num_classes, widths=tuple(widths), strides=strides and tuple(strides), rngs=rngs
@@ -71,7 +71,7 @@ def create_classifier(
             scan_layers=scan_layers,
             attention=attention,
             remat_layers=remat_layers,
-            mlp_kernel=mlp_kernel,
+            block_kernels=block_kernels,
             rngs=rngs,
         )
     if name in ("resnet18", "resnet34"):
@@ -106,7 +106,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
             scan_layers=config.model.scan_layers,
             attention=config.model.attention,
             remat_layers=config.model.remat_layers,
-            mlp_kernel=config.model.mlp_kernel,
+            block_kernels=config.model.block_kernels,
             rngs=rngs,
         )
 

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike
 
-from grouped_select import pallas_mlp
+from grouped_select import pallas_vit
 
 # HF initialises every linear / conv kernel and both embeddings with trunc_normal(std=0.02).
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
@@ -56,7 +56,7 @@ def _layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
-MLP_KERNELS = ("xla", "pallas")
+BLOCK_KERNELS = ("xla", "pallas")
 
 
 class Attention(nnx.Module):
@@ -90,11 +90,20 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, N, D] -> [B, N, D]."""
-        batch, tokens, dim = x.shape
+        return self.attend(self.query(x), self.key(x), self.value(x))
+
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        """Attention from projected queries, keys and values, then the output projection.
+
+        Args:
+          q, k, v: [B, N, D] (heads side by side, as the projections give them).
+
+        Returns:
+          [B, N, D].
+        """
+        batch, tokens, dim = q.shape
         shape = (batch, tokens, self.num_heads, dim // self.num_heads)
-        q = self.query(x).reshape(shape)
-        k = self.key(x).reshape(shape)
-        v = self.value(x).reshape(shape)
+        q, k, v = q.reshape(shape), k.reshape(shape), v.reshape(shape)
         if self.implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
             raise ValueError(
                 f"cuDNN attention needs bfloat16 or float16 inputs, got {q.dtype}: compute in "
@@ -200,9 +209,9 @@ class EncoderBlock(nnx.Module):
       attn: `Attention`.
       norm2: HF `layernorm_after`.
       mlp: `Mlp`.
-      mlp_kernel: "xla" (LayerNorm, fc1, GELU, fc2 and the residual add as XLA compiles them)
-        or "pallas" (`grouped_select.pallas_mlp.fused_mlp_block`: the whole second half in one
-        GPU kernel; same parameters).
+      block_kernels: "xla" (each LayerNorm, bias add, GELU and residual add as XLA compiles
+        them) or "pallas" (`grouped_select.pallas_vit`: LN1 + the query / key / value
+        projections in one GPU kernel, LN2 + MLP + residual in another; same parameters).
     """
 
     def __init__(
@@ -211,24 +220,31 @@ class EncoderBlock(nnx.Module):
         *,
         layer_norm_eps: float,
         attention: str = "xla",
-        mlp_kernel: str = "xla",
+        block_kernels: str = "xla",
         rngs: nnx.Rngs,
     ):
         """Builds one block of `variant`'s width (`attention`: see `Attention`)."""
-        if mlp_kernel not in MLP_KERNELS:
-            raise ValueError(f"mlp_kernel {mlp_kernel!r} is not one of {MLP_KERNELS}.")
+        if block_kernels not in BLOCK_KERNELS:
+            raise ValueError(f"block_kernels {block_kernels!r} is not one of {BLOCK_KERNELS}.")
         dim = variant.hidden_size
         self.norm1 = _layer_norm(dim, layer_norm_eps, rngs)
         self.attn = Attention(dim, variant.num_heads, implementation=attention, rngs=rngs)
         self.norm2 = _layer_norm(dim, layer_norm_eps, rngs)
         self.mlp = Mlp(dim, variant.mlp_dim, rngs=rngs)
-        self.mlp_kernel = mlp_kernel
+        self.block_kernels = block_kernels
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, N, D] -> [B, N, D]."""
-        x = x + self.attn(self.norm1(x))
-        if self.mlp_kernel == "pallas":
-            weights = pallas_mlp.MlpWeights(
+        if self.block_kernels == "pallas":
+            attn, norm1 = self.attn, self.norm1
+            qkv = pallas_vit.QkvWeights(
+                norm1.scale[...],
+                norm1.bias[...],
+                *(p for layer in (attn.query, attn.key, attn.value)
+                  for p in (layer.kernel[...], layer.bias[...])),
+            )  # fmt: skip
+            x = x + attn.attend(*pallas_vit.fused_layer_norm_qkv(x, qkv, norm1.epsilon))
+            weights = pallas_vit.MlpWeights(
                 self.norm2.scale[...],
                 self.norm2.bias[...],
                 self.mlp.fc1.kernel[...],
@@ -236,7 +252,8 @@ class EncoderBlock(nnx.Module):
                 self.mlp.fc2.kernel[...],
                 self.mlp.fc2.bias[...],
             )
-            return pallas_mlp.fused_mlp_block(x, weights, self.norm2.epsilon)
+            return pallas_vit.fused_mlp_block(x, weights, self.norm2.epsilon)
+        x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
 
@@ -264,7 +281,7 @@ class ViT(nnx.Module):
         scan_layers: bool = True,
         attention: str = "xla",
         remat_layers: bool = False,
-        mlp_kernel: str = "xla",
+        block_kernels: str = "xla",
         rngs: nnx.Rngs,
     ):
         """Builds a ViT with random weights (see `grouped_select.convert` to load some).
@@ -283,8 +300,8 @@ class ViT(nnx.Module):
             (`jax.checkpoint`) instead of keeping its intermediates: the backward reads one
             [B, N, D] input per block instead of its MLP and attention activations. Same
             values and gradients.
-          mlp_kernel: "xla" or "pallas" (each block's LayerNorm + MLP + residual in one GPU
-            kernel, see `EncoderBlock`).
+          block_kernels: "xla" or "pallas" (each block's LayerNorms fused with the matrix
+            products after them, GPU kernels; see `EncoderBlock`).
           rngs: initialisation keys.
         """
         if isinstance(variant, str):
@@ -312,7 +329,7 @@ class ViT(nnx.Module):
                     variant,
                     layer_norm_eps=layer_norm_eps,
                     attention=attention,
-                    mlp_kernel=mlp_kernel,
+                    block_kernels=block_kernels,
                     rngs=rngs,
                 )
                 for _ in range(variant.num_layers)

@@ -79,10 +79,10 @@ def test_vit_kernels_remat_and_depthwise_method_reach_the_networks(tiny_config):
     tiny_config.model.attention = "cudnn"
     tiny_config.model.depthwise_method = "conv"
     tiny_config.model.remat_layers = True
-    tiny_config.model.mlp_kernel = "pallas"
+    tiny_config.model.block_kernels = "pallas"
     model = nnx.eval_shape(lambda: models.create_model(tiny_config, 3, seed=0))
     assert {block.attn.implementation for block in model.classifier.layers} == {"cudnn"}
-    assert {block.mlp_kernel for block in model.classifier.layers} == {"pallas"}
+    assert {block.block_kernels for block in model.classifier.layers} == {"pallas"}
     assert model.classifier.remat_layers is True
     methods = {
         layer.depthwise_method

@@ -79,9 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
     # ViT-Ti/S/B: recompute each block's forward pass in the backward pass instead of keeping
     # its activations (jax.checkpoint); less memory traffic, more arithmetic, same results.
     model.remat_layers = False
-    # ViT-Ti/S/B: each block's LayerNorm + MLP + residual add as "xla" compiles them, or as one
-    # "pallas" kernel (NVIDIA GPUs; the hidden activations never go to memory). Same parameters.
-    model.mlp_kernel = "xla"
+    # ViT-Ti/S/B blocks: LayerNorms, bias adds, GELU and residual adds as "xla" compiles them,
+    # or "pallas": LN1 + query/key/value projections and LN2 + MLP + residual as two fused
+    # kernels (NVIDIA GPUs; the MLP's hidden activations never go to memory). Same parameters.
+    model.block_kernels = "xla"
     # MobileNet selector's depthwise convs: "conv" (XLA's grouped convolution), "shifted_sum"
     # (k² shifted slices, hand-written gradient) or "auto" (shifted_sum on CPU and GPU, where
     # it measured fastest; conv on TPU). Same parameters and results; only the speed differs
