@@ -132,12 +132,16 @@ def _shifted_sum_backward(stride, dilation, padding, residuals, grad):
     _, out_h, out_w, _ = grad.shape
     acc = _accumulator(x.dtype)
     padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    d_kernel = jnp.stack(
-        [
-            jnp.sum(tap.astype(acc) * grad.astype(acc), axis=(0, 1, 2))
-            for _, _, tap in _taps(padded, k, stride, dilation, out_h, out_w)
-        ]
-    ).reshape(k, k, channels)
+    # All k² tap products stacked and reduced at once: XLA makes one two-stage column
+    # reduction of it per layer, reading the input and the gradient once ([k², B, H', W', C],
+    # channels minor: coalesced). Summed tap by tap, XLA fused at most two of the k²
+    # reductions per kernel, each re-reading both tensors: in the paper's step compiled for an
+    # H200 (benchmarks/compile_census.py) 3,217 -> 2,916 kernels, 35.7 -> 30.5 GB moved.
+    g = grad.astype(acc)
+    products = jnp.stack(
+        [tap.astype(acc) * g for _, _, tap in _taps(padded, k, stride, dilation, out_h, out_w)]
+    )
+    d_kernel = jnp.sum(products, axis=(1, 2, 3)).reshape(k, k, channels)
     span = dilation * (k - 1)
     padded_h, padded_w = height + 2 * padding, width + 2 * padding
     spread = lax.pad(
