@@ -112,6 +112,33 @@ def test_load_at_other_image_size(golden, golden_vit, caplog):
 VIT_TINY_TEST = ViTVariant(hidden_size=32, num_layers=3, num_heads=2, mlp_dim=64)
 
 
+def test_eval_mode_runs_the_blocks_as_a_loop_with_the_same_logits():
+    """Forward only there is nothing for the scan to save: eval mode loops (no parameter
+    stacking and slicing); train mode scans. Same logits."""
+    model = ViT(5, variant=VIT_TINY_TEST, image_size=32, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+
+    def primitives(jaxpr):  # every primitive, nested jaxprs (jit, scan bodies) included
+        names = set()
+        for eqn in jaxpr.eqns:
+            names.add(eqn.primitive.name)
+            for value in eqn.params.values():
+                inner = getattr(value, "jaxpr", value)  # ClosedJaxpr -> Jaxpr
+                if hasattr(inner, "eqns"):
+                    names |= primitives(inner)
+        return names
+
+    graphdef, params = nnx.split(model)
+    train_logits = jax.jit(lambda p: nnx.merge(graphdef, p)(x))(params)
+    train_ops = primitives(jax.make_jaxpr(lambda p: nnx.merge(graphdef, p)(x))(params).jaxpr)
+    model.eval()
+    graphdef, params = nnx.split(model)
+    eval_logits = jax.jit(lambda p: nnx.merge(graphdef, p)(x))(params)
+    eval_ops = primitives(jax.make_jaxpr(lambda p: nnx.merge(graphdef, p)(x))(params).jaxpr)
+    assert "scan" in train_ops and "scan" not in eval_ops
+    np.testing.assert_allclose(eval_logits, train_logits, rtol=1e-5, atol=1e-5)
+
+
 def test_scanned_looped_and_rematerialised_blocks_agree_with_gradients():
     """`scan_layers` and `remat_layers` change how the blocks run, not what they compute or
     their parameters."""
