@@ -88,15 +88,19 @@ class Attention(nnx.Module):
         self.value = _linear(dim, dim, rngs)
         self.out = _linear(dim, dim, rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """[B, N, D] -> [B, N, D]."""
-        return self.attend(self.query(x), self.key(x), self.value(x))
+    def __call__(self, x: jax.Array, valid_tokens: int | None = None) -> jax.Array:
+        """[B, N, D] -> [B, N, D] (`valid_tokens`: see `attend`)."""
+        return self.attend(self.query(x), self.key(x), self.value(x), valid_tokens)
 
-    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    def attend(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, valid_tokens: int | None = None
+    ) -> jax.Array:
         """Attention from projected queries, keys and values, then the output projection.
 
         Args:
           q, k, v: [B, N, D] (heads side by side, as the projections give them).
+          valid_tokens: only the first this many tokens are keys (the rest are padding, see
+            `ViT`); None: all N.
 
         Returns:
           [B, N, D].
@@ -109,11 +113,30 @@ class Attention(nnx.Module):
                 f"cuDNN attention needs bfloat16 or float16 inputs, got {q.dtype}: compute in "
                 "bfloat16 (config.compute_dtype) or use the 'xla' attention."
             )
-        if self.implementation == "cudnn" and tokens % 2:
+        if valid_tokens is not None and valid_tokens < tokens:
+            lengths = _lengths_like(q, valid_tokens)
+            y = jax.nn.dot_product_attention(
+                q,
+                k,
+                v,
+                query_seq_lengths=lengths,
+                key_value_seq_lengths=lengths,
+                implementation=self.implementation,
+            )
+        elif self.implementation == "cudnn" and tokens % 2:
             y = odd_length_attention(q, k, v, "cudnn")
         else:
             y = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
         return self.out(y.reshape(batch, tokens, dim))
+
+
+def _lengths_like(q: jax.Array, length: int) -> jax.Array:
+    """[B] int32 `length`s computed from q (a select whose two branches are equal), so that
+    under `jax.vmap` they are batched wherever q is: cuDNN attention's batching rule folds
+    every operand's vmapped axis into its batch axis, and an unbatched [B] array fails there
+    ("cannot reshape (64,) into (320,)": the budget search's vmap over 5 budgets)."""
+    first = q[:, 0, 0, 0]
+    return jnp.where(jnp.isnan(first), length, length).astype(jnp.int32)
 
 
 def padded_attention(
@@ -135,12 +158,7 @@ def padded_attention(
     """
     tokens = q.shape[1]
     pad = ((0, 0), (0, 1), (0, 0), (0, 0))
-    # The lengths are computed from q (a select whose two branches are equal) so that under
-    # `jax.vmap` they are batched wherever q is: cuDNN attention's batching rule folds every
-    # operand's vmapped axis into its batch axis, and an unbatched [B] array fails there
-    # ("cannot reshape (64,) into (320,)": the budget search's vmap over 5 budgets).
-    first = q[:, 0, 0, 0]
-    lengths = jnp.where(jnp.isnan(first), tokens, tokens).astype(jnp.int32)
+    lengths = _lengths_like(q, tokens)
     y = jax.nn.dot_product_attention(
         *(jnp.pad(a, pad) for a in (q, k, v)),
         query_seq_lengths=lengths,
@@ -233,8 +251,8 @@ class EncoderBlock(nnx.Module):
         self.mlp = Mlp(dim, variant.mlp_dim, rngs=rngs)
         self.block_kernels = block_kernels
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """[B, N, D] -> [B, N, D]."""
+    def __call__(self, x: jax.Array, valid_tokens: int | None = None) -> jax.Array:
+        """[B, N, D] -> [B, N, D]; tokens from `valid_tokens` on are padding (`ViT`)."""
         if self.block_kernels == "pallas":
             attn, norm1 = self.attn, self.norm1
             qkv = pallas_vit.QkvWeights(
@@ -243,7 +261,8 @@ class EncoderBlock(nnx.Module):
                 *(p for layer in (attn.query, attn.key, attn.value)
                   for p in (layer.kernel[...], layer.bias[...])),
             )  # fmt: skip
-            x = x + attn.attend(*pallas_vit.fused_layer_norm_qkv(x, qkv, norm1.epsilon))
+            q, k, v = pallas_vit.fused_layer_norm_qkv(x, qkv, norm1.epsilon)
+            x = x + attn.attend(q, k, v, valid_tokens)
             weights = pallas_vit.MlpWeights(
                 self.norm2.scale[...],
                 self.norm2.bias[...],
@@ -253,7 +272,7 @@ class EncoderBlock(nnx.Module):
                 self.mlp.fc2.bias[...],
             )
             return pallas_vit.fused_mlp_block(x, weights, self.norm2.epsilon)
-        x = x + self.attn(self.norm1(x))
+        x = x + self.attn(self.norm1(x), valid_tokens)
         return x + self.mlp(self.norm2(x))
 
 
@@ -340,6 +359,11 @@ class ViT(nnx.Module):
         self.head = _linear(dim, num_classes, rngs)
         self.scan_layers = scan_layers
         self.remat_layers = remat_layers
+        # cuDNN's attention gradient takes only even token counts (ViT-Ti/16 at 224²: 197).
+        # The encoder then runs on one zero token more, masked out as a key in every block:
+        # cheaper than padding inside each block (a copy of q, k, v and of the output per
+        # layer and pass), and 64 x 198 rows are a multiple of the matrix units' 128.
+        self.pad_tokens = int(attention == "cudnn" and num_tokens % 2)
         # Set by `nnx.Module.eval()` / `.train()` (as for dropout): inference runs the blocks
         # as a Python loop, see `encode`.
         self.deterministic = False
@@ -363,6 +387,10 @@ class ViT(nnx.Module):
         cls = jnp.broadcast_to(self.cls_token[...].astype(patches.dtype), (batch, 1, dim))
         tokens = jnp.concatenate([cls, patches.reshape(batch, gh * gw, dim)], axis=1)
         tokens = tokens + self.pos_embed[...]
+        count = tokens.shape[1]
+        if self.pad_tokens:
+            padded = jnp.pad(tokens, ((0, 0), (0, self.pad_tokens), (0, 0)))
+            return self.norm(self.encode(padded, valid_tokens=count)[:, :count])
         return self.norm(self.encode(tokens))
 
     def embed_patches(self, x: jax.Array) -> jax.Array:
@@ -388,8 +416,9 @@ class ViT(nnx.Module):
         x = x[:, : gh * patch, : gw * patch].reshape(batch, gh, patch, gw, patch, channels)
         return jnp.einsum("bhpwqc,pqcd->bhwd", x, kernel) + bias
 
-    def encode(self, tokens: jax.Array) -> jax.Array:
-        """Runs the encoder blocks: [B, N, D] -> [B, N, D].
+    def encode(self, tokens: jax.Array, valid_tokens: int | None = None) -> jax.Array:
+        """Runs the encoder blocks: [B, N, D] -> [B, N, D] (tokens from `valid_tokens` on are
+        padding: no block attends to them).
 
         With `scan_layers` the blocks' parameters are stacked (a copy of ~5.5M floats for
         ViT-Ti) and one block is scanned over them: XLA compiles one block instead of
@@ -405,13 +434,13 @@ class ViT(nnx.Module):
             # search compiled here (benchmarks/compile_census.py, cuDNN attention + fused
             # block kernels): 1,438 -> 454 kernels, 12.1 -> 8.8 ms estimated.
             for layer in self.layers:
-                tokens = layer(tokens)
+                tokens = layer(tokens, valid_tokens)
             return tokens
         graphdef, _ = nnx.split(self.layers[0])
         states = [nnx.state(layer) for layer in self.layers]
 
         def block(tokens, state):
-            return nnx.merge(graphdef, state)(tokens), None
+            return nnx.merge(graphdef, state)(tokens, valid_tokens), None
 
         if self.remat_layers:
             block = jax.checkpoint(block)

@@ -112,6 +112,39 @@ def test_load_at_other_image_size(golden, golden_vit, caplog):
 VIT_TINY_TEST = ViTVariant(hidden_size=32, num_layers=3, num_heads=2, mlp_dim=64)
 
 
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_padded_token_changes_neither_logits_nor_gradients(scan_layers):
+    """With cuDNN attention the encoder runs on one zero token more (an even count), masked
+    out as a key: same logits and gradients (forced here with XLA's attention, which
+    takes the same masks; vmapped, as the budget search calls it)."""
+    x = jax.random.normal(jax.random.key(0), (3, 2, 32, 32, 3))  # 1 + 4 x 4 = 17 tokens
+
+    def build(pad):
+        model = ViT(5, variant=VIT_TINY_TEST, image_size=32, scan_layers=scan_layers,
+                    rngs=nnx.Rngs(0))  # fmt: skip
+        assert model.pad_tokens == 0  # XLA attention takes any count
+        model.pad_tokens = pad
+        return model
+
+    def run(model):
+        graphdef, params = nnx.split(model)
+
+        def loss(params):
+            logits = jax.vmap(nnx.merge(graphdef, params))(x)
+            return jnp.sum(jnp.sin(logits)), logits
+
+        return jax.jit(jax.grad(loss, has_aux=True))(params)
+
+    grads, logits = run(build(1))
+    want_grads, want_logits = run(build(0))
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(grads, want_grads, rtol=1e-4, atol=1e-5)
+    cudnn = nnx.eval_shape(
+        lambda: ViT(5, variant=VIT_TINY_TEST, image_size=32, attention="cudnn", rngs=nnx.Rngs(0))
+    )
+    assert cudnn.pad_tokens == 1
+
+
 def test_eval_mode_runs_the_blocks_as_a_loop_with_the_same_logits():
     """Forward only there is nothing for the scan to save: eval mode loops (no parameter
     stacking and slicing); train mode scans. Same logits."""
