@@ -67,9 +67,10 @@ class Attention(nnx.Module):
       implementation: `jax.nn.dot_product_attention`'s: "xla" (any backend and dtype) or
         "cudnn" (cuDNN's fused attention: NVIDIA GPUs, bfloat16 / float16 only). On an H200
         (2026-11-28) "cudnn" took the ViT-Ti/16 evaluation from 47.8 to 36.9 ms, but its gradient
-        refused 197 tokens ("Unsupported sequence length"): odd token counts now run the
-        kernel as is forward and differentiate through `padded_attention` (one masked token
-        more; `odd_length_attention`), not yet run on a GPU.
+        refused 197 tokens ("Unsupported sequence length"). `ViT` therefore runs its encoder
+        on one masked padding token more (`ViT.pad_tokens`); called on an odd count directly,
+        this module runs the kernel as is forward and differentiates through
+        `padded_attention` (`odd_length_attention`). Neither yet run on a GPU.
     """
 
     def __init__(self, dim: int, num_heads: int, *, implementation: str = "xla", rngs: nnx.Rngs):
