@@ -57,7 +57,7 @@ step eval_search_bf16_fast python3 benchmarks/eval_search.py --dtypes bfloat16 \
   --out "$results/eval_search_bf16_fast.json"
 # The fused block kernels alone against XLA's, several work divisions, at the step's and the
 # search's token counts.
-step vit_kernels python3 benchmarks/vit_kernels.py --out "$results/vit_kernels.json"
+step vit_kernels python3 benchmarks/vit_kernels.py --repeats 5 --out "$results/vit_kernels.json"
 # The defaults (XLA attention, no remat, XLA's MLP), for the side-by-side ratio.
 step train_step_bf16 python3 benchmarks/train_step.py --dtypes bfloat16 --repeats 5 \
   --out "$results/train_step_bf16.json"

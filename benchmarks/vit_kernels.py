@@ -3,8 +3,8 @@
     python benchmarks/vit_kernels.py [--tokens 12608,63040 --width 192 --hidden 768]
 
 Times, forward, bfloat16 activations and weights, at the token counts the paper's runs see
-with ViT-Ti/16 at 224² (64 x 197 = 12,608 in a training step; 5 x 64 x 197 = 63,040 in the
-budget search's chunk of five budgets):
+with ViT-Ti/16 at 224² and cuDNN attention (197 tokens + 1 padding: 64 x 198 = 12,672 in a
+training step; 5 x 64 x 198 = 63,360 in the budget search's chunk of five budgets):
 - `x + fc2(gelu(fc1(layer_norm(x))))` as the ViT's XLA path computes it (flax LayerNorm and
   Linear layers, exact GELU) and as `grouped_select.pallas_vit.fused_mlp_block`;
 - the attention's inputs `layer_norm(x) @ (Wq, Wk, Wv) + biases`, likewise, against
@@ -129,7 +129,7 @@ def bench_tokens(args, tokens: int) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", default="12608,63040", help="token counts, comma-separated")
+    parser.add_argument("--tokens", default="12672,63360", help="token counts, comma-separated")
     parser.add_argument("--width", type=int, default=192)
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--repeats", type=int, default=10)
