@@ -92,3 +92,26 @@ def test_in_place_updates_and_slices_count_only_the_rows_they_touch():
 
 def test_shape_bytes_of_tuples_and_scalars():
     assert compile_census.shape_bytes("(f32[2,3]{1,0}, bf16[4]{0}, s32[])") == 24 + 8 + 4
+
+
+def test_calibrate_reads_the_same_kernels_profile_step_measured(tmp_path):
+    """On the CPU the fit itself means nothing; what is checked is that `calibrate` reads a
+    `profile_step` output directory (module text + trace) and finds the measured kernels."""
+    import functools
+
+    from benchmarks import profile_step
+
+    @jax.jit
+    def f(x):
+        for _ in range(4):
+            x = jnp.tanh(x) * 1.5 + jnp.sin(x).sum(0, keepdims=True)
+        return x
+
+    x = jnp.ones((256, 1024))
+    f(x).block_until_ready()
+    text = f.lower(x).compile().as_text()
+    summary = profile_step.profile_calls(functools.partial(f, x), text, 3, tmp_path, "f", 10)
+    fit = compile_census.calibrate(tmp_path, steps=3)
+    assert fit["measured_launches"] == pytest.approx(summary["launches_per_step"])
+    assert fit["measured_kernel_ms"] == pytest.approx(summary["op_time_us_per_step"] / 1e3)
+    assert 1 <= fit["kernels_fitted"] <= fit["measured_launches"]
