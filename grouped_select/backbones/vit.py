@@ -115,15 +115,7 @@ class Attention(nnx.Module):
                 "bfloat16 (config.compute_dtype) or use the 'xla' attention."
             )
         if valid_tokens is not None and valid_tokens < tokens:
-            lengths = _lengths_like(q, valid_tokens)
-            y = jax.nn.dot_product_attention(
-                q,
-                k,
-                v,
-                query_seq_lengths=lengths,
-                key_value_seq_lengths=lengths,
-                implementation=self.implementation,
-            )
+            y = _masked_attention(q, k, v, valid_tokens, self.implementation)
         elif self.implementation == "cudnn" and tokens % 2:
             y = odd_length_attention(q, k, v, "cudnn")
         else:
@@ -131,13 +123,23 @@ class Attention(nnx.Module):
         return self.out(y.reshape(batch, tokens, dim))
 
 
-def _lengths_like(q: jax.Array, length: int) -> jax.Array:
-    """[B] int32 `length`s computed from q (a select whose two branches are equal), so that
-    under `jax.vmap` they are batched wherever q is: cuDNN attention's batching rule folds
-    every operand's vmapped axis into its batch axis, and an unbatched [B] array fails there
-    ("cannot reshape (64,) into (320,)": the budget search's vmap over 5 budgets)."""
+def _masked_attention(q, k, v, valid_tokens: int, implementation: str | None) -> jax.Array:
+    """Attention over [B, N, heads, head_dim] whose tokens from `valid_tokens` on are padding
+    (no keys; their query rows are left to the kernel)."""
+    # The lengths are computed from q (a select whose two branches are equal) so that under
+    # `jax.vmap` they are batched wherever q is: cuDNN attention's batching rule folds every
+    # operand's vmapped axis into its batch axis, and an unbatched [B] array fails there
+    # ("cannot reshape (64,) into (320,)": the budget search's vmap over 5 budgets).
     first = q[:, 0, 0, 0]
-    return jnp.where(jnp.isnan(first), length, length).astype(jnp.int32)
+    lengths = jnp.where(jnp.isnan(first), valid_tokens, valid_tokens).astype(jnp.int32)
+    return jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        query_seq_lengths=lengths,
+        key_value_seq_lengths=lengths,
+        implementation=implementation,
+    )
 
 
 def padded_attention(
@@ -159,14 +161,8 @@ def padded_attention(
     """
     tokens = q.shape[1]
     pad = ((0, 0), (0, 1), (0, 0), (0, 0))
-    lengths = _lengths_like(q, tokens)
-    y = jax.nn.dot_product_attention(
-        *(jnp.pad(a, pad) for a in (q, k, v)),
-        query_seq_lengths=lengths,
-        key_value_seq_lengths=lengths,
-        implementation=implementation,
-    )
-    return y[:, :tokens]
+    padded = (jnp.pad(a, pad) for a in (q, k, v))
+    return _masked_attention(*padded, tokens, implementation)[:, :tokens]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -175,10 +171,9 @@ def odd_length_attention(
 ) -> jax.Array:
     """Attention over an odd number of tokens whose gradient goes through `padded_attention`.
 
-    cuDNN's fused attention computes 197 tokens forward but not backward. Padding costs a
-    copy of q, k, v and of the output per layer, which the evaluation's forward-only passes
-    (20 per batch) need not pay: the forward pass here is the plain kernel, and only the
-    gradient recomputes the attention padded (one more forward kernel per layer).
+    cuDNN's fused attention computes 197 tokens forward but not backward. `Attention` uses
+    this on odd counts (the `ViT` pads its whole encoder instead): forward-only callers pay
+    no padding copies, and only the gradient recomputes the attention padded.
 
     Args:
       q, k, v: [B, N, heads, head_dim].
