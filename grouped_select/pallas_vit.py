@@ -120,6 +120,20 @@ def _gelu_in_kernel(h: jax.Array) -> jax.Array:
     return 0.5 * h * (1.0 + _erf_in_kernel(h * 0.7071067811865476))
 
 
+def _precision(dtype):
+    return lax.Precision.HIGHEST if dtype == jnp.float32 else None
+
+
+def _layer_norm_reference(x, scale, bias, eps) -> tuple[jax.Array, jax.Array]:
+    """(x in float32, layer_norm(x) rounded to x's dtype): the references' LayerNorm, with
+    the kernels' statistics (float32, two-pass) and rounding point."""
+    xf = x.astype(jnp.float32)
+    centred = xf - xf.mean(-1, keepdims=True)
+    var = (centred * centred).mean(-1, keepdims=True)
+    normed = centred * lax.rsqrt(var + eps) * scale.astype(jnp.float32)
+    return xf, (normed + bias.astype(jnp.float32)).astype(x.dtype)
+
+
 def mlp_block_reference(x: jax.Array, weights: MlpWeights, eps: float) -> jax.Array:
     """x + fc2(gelu(fc1(layer_norm(x)))) in `jax.numpy`, with the kernel's rounding points.
 
@@ -133,13 +147,8 @@ def mlp_block_reference(x: jax.Array, weights: MlpWeights, eps: float) -> jax.Ar
     """
     dtype = x.dtype
     acc = jnp.float32
-    precision = lax.Precision.HIGHEST if dtype == jnp.float32 else None
-    xf = x.astype(acc)
-    mean = xf.mean(-1, keepdims=True)
-    centred = xf - mean
-    var = (centred * centred).mean(-1, keepdims=True)
-    normed = centred * lax.rsqrt(var + eps) * weights.ln_scale.astype(acc)
-    normed = (normed + weights.ln_bias.astype(acc)).astype(dtype)
+    precision = _precision(dtype)
+    xf, normed = _layer_norm_reference(x, weights.ln_scale, weights.ln_bias, eps)
     hidden = jnp.matmul(
         normed, weights.w1.astype(dtype), precision=precision, preferred_element_type=acc
     )
@@ -162,10 +171,6 @@ def _power_of_two_parts(size: int) -> tuple[tuple[int, int], ...]:
             parts.append((offset, 1 << bit))
             offset += 1 << bit
     return tuple(parts)
-
-
-def _precision(dtype):
-    return lax.Precision.HIGHEST if dtype == jnp.float32 else None
 
 
 def _row(ref, part) -> jax.Array:
@@ -356,12 +361,7 @@ def layer_norm_qkv_reference(
     """
     dtype = x.dtype
     precision = _precision(dtype)
-    xf = x.astype(jnp.float32)
-    mean = xf.mean(-1, keepdims=True)
-    centred = xf - mean
-    var = (centred * centred).mean(-1, keepdims=True)
-    normed = centred * lax.rsqrt(var + eps) * weights.ln_scale.astype(jnp.float32)
-    normed = (normed + weights.ln_bias.astype(jnp.float32)).astype(dtype)
+    _, normed = _layer_norm_reference(x, weights.ln_scale, weights.ln_bias, eps)
 
     def project(w, b):
         y = jnp.matmul(
