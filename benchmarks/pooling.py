@@ -4,10 +4,13 @@
 
 Implementations: `segment_sum` over the flattened batch (float32), the `one_hot` matmul in
 float32, the one-hot matmul with bfloat16 features (float32 accumulation), and on GPUs the
-`pallas` kernel (`grouped_select/pallas_pooling.py`; sums and sizes in one pass). Each
-computes region means with the sizes, jitted on its own; the ids mimic SLIC's (about
-`regions` compact regions per image). A variant that fails (e.g. a kernel that does not lower
-on this GPU) is recorded with its error instead of stopping the others.
+`pallas` kernel (`grouped_select/pallas_pooling.py`; sums and sizes in one pass) at the
+work divisions of `PALLAS_CONFIGS`, both its algorithms (every pixel; by runs of equal ids).
+Each computes region means with the sizes, jitted on its own; the ids mimic SLIC's (about
+`regions` compact regions per image; 2,240 runs per 224² image, where scikit-image's SLIC of
+its sample images at 224², 100 segments, gives 3,200-4,200: the by-runs kernels' second pass
+has that much more to add on real superpixels). A variant that fails (e.g. a kernel that does
+not lower on this GPU) is recorded with its error instead of stopping the others.
 
 Restructured: `low_res` pools the stride-`--stride` map before upsampling
 (`grouped_select/low_res_pooling.py`, a [B, K, h·w] x [B, h·w, C] matmul with weights the
@@ -29,7 +32,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
 from benchmarks.common import time_fn, write_json  # noqa: E402
 from grouped_select import low_res_pooling, pallas_pooling, regions  # noqa: E402
 
-# Work divisions of the Pallas kernel tried on GPUs (chunk, warps, stages, programs).
+# Work divisions of the Pallas kernels tried on GPUs: every pixel, then by runs.
 PALLAS_CONFIGS = (
     pallas_pooling.KernelConfig(128, 4, None, 512),
     pallas_pooling.KernelConfig(128, 8, None, 512),
@@ -38,7 +41,26 @@ PALLAS_CONFIGS = (
     pallas_pooling.KernelConfig(128, 4, 3, 512),
     pallas_pooling.KernelConfig(128, 4, None, 2048),
     pallas_pooling.KernelConfig(128, 4, None, 256),
+    pallas_pooling.KernelConfig(128, 4, None, 512, by_runs=True, scan_chunk=256),
+    pallas_pooling.KernelConfig(128, 4, None, 2048, by_runs=True, scan_chunk=256),
+    pallas_pooling.KernelConfig(64, 4, None, 2048, by_runs=True, scan_chunk=256),
+    pallas_pooling.KernelConfig(128, 4, None, 1024, by_runs=True, scan_chunk=512),
+    pallas_pooling.KernelConfig(128, 2, None, 1024, by_runs=True, scan_chunk=512),
+    pallas_pooling.KernelConfig(128, 4, None, 512, by_runs=True, scan_chunk=1024),
 )
+
+
+def config_name(config: pallas_pooling.KernelConfig) -> str:
+    """e.g. "runs/scan256_chunk128_warps4_stagesNone_programs512"."""
+    name = "chunk{}_warps{}_stages{}_programs{}".format(*config[:4])
+    return f"runs/scan{config.scan_chunk}_{name}" if config.by_runs else f"pixels/{name}"
+
+
+def runs_per_image(ids: np.ndarray) -> float:
+    """Mean number of runs of equal ids along each image's row-major pixels (the by-runs
+    kernels' entries, before the ends of their scan chunks)."""
+    flat = ids.reshape(len(ids), -1)
+    return float(np.mean(1 + np.sum(flat[:, 1:] != flat[:, :-1], axis=1)))
 
 
 def slic_like_ids(batch: int, size: int, num_regions: int, seed: int = 0) -> np.ndarray:
@@ -96,7 +118,7 @@ def pallas_config_results(args, feats, ids, reference_sums) -> dict:
     """Times the Pallas kernel's sums and sizes (float32) for each of `PALLAS_CONFIGS`."""
     out = {}
     for config in PALLAS_CONFIGS:
-        name = "pallas_sums_and_sizes_f32/chunk{}_warps{}_stages{}_programs{}".format(*config)
+        name = f"pallas_sums_and_sizes_f32/{config_name(config)}"
         jitted = jax.jit(
             functools.partial(
                 pallas_pooling.region_sums_pallas,
@@ -186,6 +208,7 @@ def main(argv=None):
             "image_size": args.size,
             "channels": args.channels,
             "num_regions": k,
+            "runs_per_image": runs_per_image(np.asarray(ids)),
             "bytes_read_f32": bytes_read,
             "results": results,
         },

@@ -1,21 +1,37 @@
-"""Region sums as a Pallas (Triton) GPU kernel: one pass over the pixels, no atomics.
+"""Region sums as Pallas (Triton) GPU kernels: no atomics, two algorithms.
 
 `regions.region_sums` scatters every pixel into its region with `segment_sum`, whose GPU
 lowering adds with atomics; neighbouring pixels share a region, so the atomics collide (on an
 H200 at B = 64, 224², C = 4, K = 100: 365 µs, where reading the 64 MB once takes ~15 µs).
 
-Here each program sums a contiguous run of one image's pixels into a private [16, K_pad]
-block on the matrix units: one_hot(ids)ᵀ times the features, 128 pixels at a time. The one-hot
-is exact in bfloat16; float32 features are split into three bfloat16 parts (hi + mid + lo
-carry all 24 bits of the significand), so three bfloat16 products with float32 accumulation
-give float32 sums. XLA then adds each image's few partial blocks.
+**Every pixel** (`KernelConfig.by_runs=False`): each program sums a contiguous range of one
+image's pixels into a private [16, K_pad] block on the matrix units: one_hot(ids)ᵀ times the
+features, `chunk` pixels at a time. The one-hot is exact in bfloat16; float32 features are
+split into three bfloat16 parts (hi + mid + lo carry all 24 bits of the significand), so three
+bfloat16 products with float32 accumulation give float32 sums. XLA then adds each image's few
+partial blocks. On an H200 (2026-11-28, means with sizes) 237 µs in float32 and 179 µs with
+bfloat16 features: building the [chunk, K_pad] one-hot costs ~3 instructions per pixel and
+region (compare, select, a 2-byte shared-memory store), 128 regions per pixel.
 
-GPU only (`interpret=True` runs the same kernel anywhere, slowly: how the tests check it).
-`benchmarks/pooling.py` times it beside the other implementations: on an H200 (2026-11-28,
-B = 64, 224², C = 4, K = 100, means with sizes) 237 µs in float32 and 179 µs with bfloat16
-features, against segment_sum's 366 µs; still latency-bound (one configuration tried).
-XLA's SPMD partitioner cannot split the kernel's custom call over devices: in a step sharded
-over several GPUs it would gather the batch on each; use it on one GPU (or in `shard_map`).
+**By runs** (`by_runs=True`): superpixels are compact, so a row of pixels crosses a region
+boundary every ~20 pixels. A first kernel scans `scan_chunk` pixels at a time: running sums
+of each channel, and at the last pixel of each run of equal ids (and of each scan chunk) it
+appends an entry (the run's id, the running sums there) to its program's list. A second
+kernel takes each entry's run sum as the difference from the entry before it (0 after a scan
+chunk's start) and adds the entries with the one-hot product above: 12-22x fewer rows than
+pixels at 224² (50,176 pixels: 2,240 runs in `benchmarks/pooling.py`'s ids, 3,200-4,200 in
+scikit-image's SLIC of its sample images). Compiled for an H200 (`benchmarks/kernel_sass.py`),
+the scan's loop issues ~6 warp instructions per pixel (40 registers per thread), the
+every-pixel kernel's ~22 plus its matrix instructions (168 registers), the second pass ~28 per
+entry: ~2.5x fewer in all at 224², not yet timed on a GPU. Correct for any ids; ids without
+runs (noise) make up to one entry per pixel, then the two passes cost more than one. Float32
+sums are differences of running sums over at most `scan_chunk` pixels (rounded relative to
+those, not to the run).
+
+GPU only (`interpret=True` runs the same kernels anywhere, slowly: how the tests check them).
+`benchmarks/pooling.py` times both beside the other implementations.
+XLA's SPMD partitioner cannot split the kernels' custom calls over devices: in a step sharded
+over several GPUs it would gather the batch on each; use them on one GPU (or in `shard_map`).
 """
 
 import functools
@@ -31,52 +47,134 @@ LANES = 16  # channels padded to the matrix units' smallest width
 
 
 class KernelConfig(NamedTuple):
-    """How the kernel divides the work (the results do not depend on it).
+    """How the kernels divide the work (the sums do not depend on it, up to rounding).
 
     Attributes:
-      chunk: pixels per matrix product (a [chunk, K_pad] one-hot in registers); power of 2.
+      chunk: rows per matrix product (pixels, or run entries with `by_runs`): a [chunk, K_pad]
+        one-hot in registers; power of 2.
       num_warps: Triton warps per program.
       num_stages: Triton software-pipelining stages of the pixel loop (None: Triton's).
       programs_per_batch: about this many programs in all (B x splits per image).
+      by_runs: sum runs of equal ids first (see the module docstring), in two kernels.
+      scan_chunk: with `by_runs`, pixels per step of the running sums; power of 2.
     """
 
     chunk: int = 128
     num_warps: int = 4
     num_stages: int | None = None
     programs_per_batch: int = 512  # enough to fill an H100 / H200 (132 SMs)
+    by_runs: bool = False
+    scan_chunk: int = 256
 
 
 DEFAULT_CONFIG = KernelConfig()
 
 
-def _kernel(ids_ref, features_ref, out_ref, *, chunk, chunks, channels, parts, k_pad, count):
+def _add_one_hot_product(acc, ids, values, *, k_pad, parts):
+    """acc [LANES, k_pad] + valuesᵀ one_hot(ids) on the matrix units.
+
+    ids [chunk] (ids outside [0, k_pad) add nowhere); values [chunk, LANES] float32, added in
+    `parts` bfloat16 parts (3: float32 precision; 1: values already bfloat16).
+    """
+    one_hot = (ids[:, None] == jnp.arange(k_pad, dtype=jnp.int32)[None, :]).astype(jnp.bfloat16)
+    for _ in range(parts):  # hi, then mid, then lo: each the rest's bfloat16 rounding
+        part = values.astype(jnp.bfloat16)
+        values = values - part.astype(jnp.float32)
+        acc += lax.dot_general(
+            part, one_hot, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
+        )
+    return acc
+
+
+def _pixels_kernel(ids_ref, features_ref, out_ref, *, chunk, chunks, channels, parts, k_pad,
+                   count):  # fmt: skip
     """Program (b, s): pixels [s * chunks * chunk, (s + 1) * chunks * chunk) of image b.
 
     With `count`, lane `channels` holds 1 for every pixel: its sums are the region sizes.
     """
     b, s = pl.program_id(0), pl.program_id(1)
     base = s * chunks * chunk
-    regions = jnp.arange(k_pad, dtype=jnp.int32)[None, :]
     lanes = jnp.arange(LANES, dtype=jnp.int32)[None, :]
 
     def body(i, acc):
         pixels = pl.ds(base + i * chunk, chunk)
-        one_hot = (ids_ref[b, pixels][:, None] == regions).astype(jnp.bfloat16)
         values = jnp.zeros((chunk, LANES), jnp.float32)
         for c in range(channels):  # channel c into lane c; lanes >= channels stay 0
             column = features_ref[b, pixels, c].astype(jnp.float32)
             values = jnp.where(lanes == c, column[:, None], values)
         if count:
             values = jnp.where(lanes == channels, 1.0, values)
-        for _ in range(parts):  # hi, then mid, then lo: each the rest's bfloat16 rounding
-            part = values.astype(jnp.bfloat16)
-            values = values - part.astype(jnp.float32)
-            acc += lax.dot_general(
-                part, one_hot, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
-            )
-        return acc
+        return _add_one_hot_product(acc, ids_ref[b, pixels], values, k_pad=k_pad, parts=parts)
 
     out_ref[b, s] = lax.fori_loop(0, chunks, body, jnp.zeros((LANES, k_pad), jnp.float32))
+
+
+def _runs_kernel(ids_ref, features_ref, tags_ref, prefixes_ref, counts_ref, *, chunk, chunks,
+                 channels, count, num_regions):  # fmt: skip
+    """Program (b, s): the run entries of pixels [s * chunks * chunk, (s + 1) * chunks * chunk).
+
+    Entry j of the program's list: tags[b, s, j] = 2 * id + (1 if the entry is the first of
+    its scan chunk) with ids outside [0, num_regions) as -1 (then -2 or -1: `>> 1` gives -1);
+    prefixes[b, s, c, j] = the sum of channel c from the scan chunk's start to the run's end
+    (c = channels: the pixel count, with `count`). counts[b, s] = the list's length.
+    """
+    b, s = pl.program_id(0), pl.program_id(1)
+    base = s * chunks * chunk
+    position = jnp.arange(chunk, dtype=jnp.int32)
+    past_the_list = tags_ref.shape[-1]
+    pixels = ids_ref.shape[-1]
+
+    def load(ref, pixel, other, *channel):  # ref[b, pixel, *channel] inside the image
+        index = (b, jnp.minimum(pixel, pixels - 1), *channel)
+        return pltriton.load(ref.at[index], mask=pixel < pixels, other=other)
+
+    def body(i, written):
+        pixel = base + i * chunk + position  # the last chunk may run past the image
+        ids = load(ids_ref, pixel, -1)
+        ends = (ids != load(ids_ref, pixel + 1, -1)) | (position == chunk - 1)
+        slot = written + jnp.cumsum(ends.astype(jnp.int32)) - 1
+        # Pixels inside a run write nowhere: the mask keeps the GPU off their slot, and
+        # pointing it past the list keeps Pallas' interpreter (which writes back what a
+        # masked lane read) off the entries.
+        slot = jnp.where(ends, slot, past_the_list)
+        known = (ids >= 0) & (ids < num_regions)
+        tag = jnp.where(known, ids, -1) * 2 + (slot == written).astype(jnp.int32)
+        pltriton.store(tags_ref.at[b, s, slot], tag, mask=ends)
+        for c in range(channels):
+            column = load(features_ref, pixel, 0, c).astype(jnp.float32)
+            pltriton.store(prefixes_ref.at[b, s, c, slot], jnp.cumsum(column), mask=ends)
+        if count:
+            sizes = (position + 1).astype(jnp.float32)
+            pltriton.store(prefixes_ref.at[b, s, channels, slot], sizes, mask=ends)
+        return written + jnp.sum(ends.astype(jnp.int32))
+
+    counts_ref[b, s] = lax.fori_loop(0, chunks, body, jnp.int32(0))
+
+
+def _run_sums_kernel(counts_ref, tags_ref, prefixes_ref, out_ref, *, chunk, width, parts,
+                     k_pad):  # fmt: skip
+    """Program (b, s): adds the runs of `_runs_kernel`'s list (b, s) into [LANES, k_pad]."""
+    b, s = pl.program_id(0), pl.program_id(1)
+    length = counts_ref[b, s]
+    lanes = jnp.arange(LANES, dtype=jnp.int32)[None, :]
+    last = tags_ref.shape[-1] - 1
+
+    def body(i, acc):
+        entry = i * chunk + jnp.arange(chunk, dtype=jnp.int32)
+        live = entry < length
+        entry = jnp.minimum(entry, last)
+        tag = pltriton.load(tags_ref.at[b, s, entry], mask=live, other=-2)
+        after_another = live & ((tag & 1) == 0)  # not the first entry of its scan chunk
+        before = jnp.maximum(entry - 1, 0)
+        values = jnp.zeros((chunk, LANES), jnp.float32)
+        for c in range(width):
+            end = pltriton.load(prefixes_ref.at[b, s, c, entry], mask=live, other=0.0)
+            start = pltriton.load(prefixes_ref.at[b, s, c, before], mask=after_another, other=0.0)
+            values = jnp.where(lanes == c, (end - start)[:, None], values)
+        return _add_one_hot_product(acc, tag >> 1, values, k_pad=k_pad, parts=parts)
+
+    tiles = (length + chunk - 1) // chunk
+    out_ref[b, s] = lax.fori_loop(0, tiles, body, jnp.zeros((LANES, k_pad), jnp.float32))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -97,9 +195,10 @@ def region_sums_pallas(
         precision) or bfloat16.
       region_ids: [B, H, W] integer ids in [0, num_regions); other ids add nowhere.
       num_regions: static region count K.
-      interpret: run the kernel in Pallas' interpreter (any backend; for tests).
+      interpret: run the kernels in Pallas' interpreter (any backend; for tests).
       with_sizes: also count each region's pixels, in the same pass.
-      config: how the work is divided (`KernelConfig`; `benchmarks/pooling.py` tries some).
+      config: which algorithm and how the work is divided (`KernelConfig`;
+        `benchmarks/pooling.py` tries some).
 
     Returns:
       [B, K, C] float32 sums; with `with_sizes`, [B, K, C + 1] whose last channel is
@@ -117,35 +216,73 @@ def region_sums_pallas(
         )
     k_pad = max(LANES, pl.next_power_of_2(num_regions))
     pixels = height * width
-    chunk = config.chunk
+    step = config.scan_chunk if config.by_runs else config.chunk
     splits = max(1, config.programs_per_batch // batch)
-    chunks = -(-pixels // (chunk * splits))  # per program
-    padded = chunks * chunk * splits
+    chunks = -(-pixels // (step * splits))  # per program
+    padded = chunks * step * splits
     ids = region_ids.reshape(batch, pixels).astype(jnp.int32)
     values = features.reshape(batch, pixels, channels)
-    if padded != pixels:  # padding pixels get id -1: they add to no region
+    if padded != pixels and not config.by_runs:  # padding pixels' id -1 adds them nowhere
         ids = jnp.pad(ids, ((0, 0), (0, padded - pixels)), constant_values=-1)
         values = jnp.pad(values, ((0, 0), (0, padded - pixels), (0, 0)))
-    parts = 1 if features.dtype == jnp.bfloat16 else 3
-    partial = pl.pallas_call(
-        functools.partial(
-            _kernel,
-            chunk=chunk,
-            chunks=chunks,
-            channels=channels,
-            parts=parts,
-            k_pad=k_pad,
-            count=with_sizes,
-        ),
-        out_shape=jax.ShapeDtypeStruct((batch, splits, LANES, k_pad), jnp.float32),
-        grid=(batch, splits),
-        # Triton, named: without compiler parameters recent JAX lowers GPU kernels with
-        # Mosaic GPU, whose whole-array blocks would not fit in shared memory.
-        compiler_params=pltriton.CompilerParams(
-            num_warps=config.num_warps, num_stages=config.num_stages
-        ),
-        interpret=interpret,
-    )(ids, values)
+    # bfloat16 features are exact in one bfloat16 part; run sums (float32) need three.
+    parts = 1 if features.dtype == jnp.bfloat16 and not config.by_runs else 3
+    # Triton, named: without compiler parameters recent JAX lowers GPU kernels with Mosaic
+    # GPU, whose whole-array blocks would not fit in shared memory.
+    params = pltriton.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages)
+    partial_shape = jax.ShapeDtypeStruct((batch, splits, LANES, k_pad), jnp.float32)
+    if config.by_runs:
+        per_program = chunks * step
+        list_length = -(-per_program // config.chunk) * config.chunk
+        tags, prefixes, counts = pl.pallas_call(
+            functools.partial(
+                _runs_kernel,
+                chunk=step,
+                chunks=chunks,
+                channels=channels,
+                count=with_sizes,
+                num_regions=num_regions,
+            ),
+            out_shape=(
+                jax.ShapeDtypeStruct((batch, splits, list_length), jnp.int32),
+                jax.ShapeDtypeStruct(
+                    (batch, splits, channels + with_sizes, list_length), jnp.float32
+                ),
+                jax.ShapeDtypeStruct((batch, splits), jnp.int32),
+            ),
+            grid=(batch, splits),
+            compiler_params=params,
+            interpret=interpret,
+        )(ids, values)
+        partial = pl.pallas_call(
+            functools.partial(
+                _run_sums_kernel,
+                chunk=config.chunk,
+                width=channels + with_sizes,
+                parts=parts,
+                k_pad=k_pad,
+            ),
+            out_shape=partial_shape,
+            grid=(batch, splits),
+            compiler_params=params,
+            interpret=interpret,
+        )(counts, tags, prefixes)
+    else:
+        partial = pl.pallas_call(
+            functools.partial(
+                _pixels_kernel,
+                chunk=step,
+                chunks=chunks,
+                channels=channels,
+                parts=parts,
+                k_pad=k_pad,
+                count=with_sizes,
+            ),
+            out_shape=partial_shape,
+            grid=(batch, splits),
+            compiler_params=params,
+            interpret=interpret,
+        )(ids, values)
     return jnp.swapaxes(partial.sum(axis=1)[:, : channels + with_sizes, :num_regions], 1, 2)
 
 
