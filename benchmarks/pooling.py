@@ -177,9 +177,10 @@ def main(argv=None):
         ),
     }
     if jax.default_backend() == "gpu":
-        for name, x in (("pallas_f32", feats), ("pallas_bf16", feats.astype(jnp.bfloat16))):
-            fn = functools.partial(regions.pool_regions, num_regions=k, method="pallas")
-            variants[name] = (fn, x)
+        for method in ("pallas", "pallas_runs"):
+            fn = functools.partial(regions.pool_regions, num_regions=k, method=method)
+            variants[f"{method}_f32"] = (fn, feats)
+            variants[f"{method}_bf16"] = (fn, feats.astype(jnp.bfloat16))
     reference = np.asarray(jax.jit(variants["segment_sum_f32"][0])(feats, ids))
     results = {}
     for name, (fn, x) in variants.items():

@@ -10,8 +10,10 @@ Two implementations of pooling sit behind `pool_regions`:
 - "one_hot": a one-hot [B, P, K] matrix contracted with the features; scatter-free, so it
   runs on the matrix units (what TPUs do best, and what XLA fuses without materialising
   the one-hot on most backends).
-- "pallas": a Pallas (Triton) kernel for NVIDIA GPUs that sums each run of pixels into a
+- "pallas": a Pallas (Triton) kernel for NVIDIA GPUs that sums each range of pixels into a
   private block on the matrix units, no atomics (`grouped_select/pallas_pooling.py`).
+- "pallas_runs": the same kernels' second algorithm: runs of equal ids summed first, then only
+  one row per run goes through the matrix units (compact superpixels: 12-22x fewer rows).
 """
 
 from typing import Literal
@@ -21,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-PoolMethod = Literal["segment_sum", "one_hot", "pallas", "auto"]
+PoolMethod = Literal["segment_sum", "one_hot", "pallas", "pallas_runs", "auto"]
+PALLAS_METHODS = ("pallas", "pallas_runs")
 
 
 def validate_region_ids(
@@ -101,8 +104,8 @@ def region_sums(
       features: [B, H, W, C] per-pixel features (any float dtype).
       region_ids: [B, H, W] integer ids in [0, num_regions).
       num_regions: static region count K.
-      method: "segment_sum", "one_hot", "pallas" (NVIDIA GPUs only), or "auto" (one_hot on
-        TPU, segment_sum elsewhere).
+      method: "segment_sum", "one_hot", "pallas" or "pallas_runs" (NVIDIA GPUs only), or
+        "auto" (one_hot on TPU, segment_sum elsewhere).
 
     Returns:
       [B, K, C] sums, accumulated in float32 (bfloat16 inputs included) and returned in
@@ -120,8 +123,8 @@ def region_sums(
         flat_feats = feats.reshape(-1, channels).astype(jnp.float32)
         sums = jax.ops.segment_sum(flat_feats, flat_ids, num_segments=batch * num_regions)
         return sums.reshape(batch, num_regions, channels)
-    if method == "pallas":
-        return _pallas_sums(feats, ids, num_regions, with_sizes=False)
+    if method in PALLAS_METHODS:
+        return _pallas_sums(feats, ids, num_regions, method, with_sizes=False)
     if method == "one_hot":
         one_hot = jax.nn.one_hot(ids.reshape(batch, -1), num_regions, dtype=feats.dtype)
         return jnp.einsum(
@@ -131,21 +134,23 @@ def region_sums(
             preferred_element_type=jnp.float32,
         )
     raise ValueError(
-        f"method must be 'segment_sum', 'one_hot', 'pallas' or 'auto', got {method!r}."
+        f"method must be 'segment_sum', 'one_hot', 'pallas', 'pallas_runs' or 'auto', "
+        f"got {method!r}."
     )
 
 
-def _pallas_sums(features, ids, num_regions: int, with_sizes: bool) -> jax.Array:
+def _pallas_sums(features, ids, num_regions: int, method: str, with_sizes: bool) -> jax.Array:
     if _is_concrete(ids):
         validate_region_ids(ids, num_regions, features.shape)
     if jax.default_backend() != "gpu":
         raise ValueError(
-            f"region pooling method 'pallas' is a GPU (Triton) kernel; this backend is "
+            f"region pooling method {method!r} is a GPU (Triton) kernel; this backend is "
             f"{jax.default_backend()!r}: use 'auto', 'segment_sum' or 'one_hot'."
         )
-    from grouped_select.pallas_pooling import region_sums_pallas
+    from grouped_select import pallas_pooling
 
-    return region_sums_pallas(features, ids, num_regions, False, with_sizes)
+    config = pallas_pooling.DEFAULT_CONFIG._replace(by_runs=method == "pallas_runs")
+    return pallas_pooling.region_sums_pallas(features, ids, num_regions, False, with_sizes, config)
 
 
 def pool_regions(
@@ -167,9 +172,9 @@ def pool_regions(
     Returns:
       [B, K, C] float32 region means; 0 for empty regions.
     """
-    if method == "pallas" and sizes is None:  # the kernel counts the pixels in its pass
+    if method in PALLAS_METHODS and sizes is None:  # the kernels count pixels in their pass
         sums_and_sizes = _pallas_sums(
-            jnp.asarray(features), jnp.asarray(region_ids), num_regions, with_sizes=True
+            jnp.asarray(features), jnp.asarray(region_ids), num_regions, method, with_sizes=True
         )
         sums, sizes = sums_and_sizes[..., :-1], sums_and_sizes[..., -1]
     else:

@@ -156,9 +156,10 @@ def test_pallas_method_runs_on_gpus_and_asks_for_one_elsewhere():
     ids = jnp.asarray(np.arange(16).reshape(1, 4, 4) % 3, jnp.int32)
     features = jnp.arange(32, dtype=jnp.float32).reshape(1, 4, 4, 2)
     for pool in (regions.region_sums, regions.pool_regions):
-        if jax.default_backend() == "gpu":
-            want = pool(features, ids, 3, "segment_sum")
-            chex.assert_trees_all_close(pool(features, ids, 3, "pallas"), want, rtol=1e-6)
-        else:
-            with pytest.raises(ValueError, match="'pallas' is a GPU.*use 'auto'"):
-                pool(features, ids, 3, "pallas")
+        for method in ("pallas", "pallas_runs"):
+            if jax.default_backend() == "gpu":
+                want = pool(features, ids, 3, "segment_sum")
+                chex.assert_trees_all_close(pool(features, ids, 3, method), want, rtol=1e-6)
+            else:
+                with pytest.raises(ValueError, match=f"'{method}' is a GPU.*use 'auto'"):
+                    pool(features, ids, 3, method)

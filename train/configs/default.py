@@ -70,8 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
     # ViT classifiers: the encoder blocks as one lax.scan (faster on CPU, one block to
     # compile); False runs them as a Python loop. Same parameters either way.
     model.scan_layers = True
-    # Region pooling: "segment_sum", "one_hot", "pallas" (NVIDIA GPUs) or "auto" (one_hot on
-    # TPU, segment_sum elsewhere).
+    # Region pooling: "segment_sum", "one_hot", "pallas" or "pallas_runs" (NVIDIA GPUs; see
+    # grouped_select/pallas_pooling.py) or "auto" (one_hot on TPU, segment_sum elsewhere).
     model.pool_method = "auto"
     # ViT-Ti/S/B attention: "xla", or "cudnn" (cuDNN's fused attention; NVIDIA GPUs with
     # compute_dtype bfloat16 only).
