@@ -231,6 +231,24 @@ def test_remat_layers_recomputes_instead_of_keeping_the_blocks_activations():
     assert residual_bytes(True) < 0.5 * residual_bytes(False)
 
 
+def test_rematerialised_scan_takes_each_blocks_parameters_as_one_vector():
+    """With `remat_layers` the scan's only per-block input is one [num_layers, n] parameter
+    array (one slice per block, kept as it is for the backward pass), not one per array."""
+
+    def scanned_inputs(remat_layers):
+        model = ViT(5, variant=VIT_TINY_TEST, image_size=32, remat_layers=remat_layers,
+                    rngs=nnx.Rngs(0))  # fmt: skip
+        jaxpr = jax.make_jaxpr(model)(jnp.zeros((2, 32, 32, 3)))
+        (scan,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+        per_block = scan.invars[scan.params["num_consts"] + scan.params["num_carry"] :]
+        return [v.aval.shape for v in per_block]
+
+    block = ViT(5, variant=VIT_TINY_TEST, image_size=32, rngs=nnx.Rngs(0)).layers[0]
+    size = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(block, nnx.Param)))
+    assert scanned_inputs(True) == [(VIT_TINY_TEST.num_layers, size)]
+    assert len(scanned_inputs(False)) > 10  # one stacked array per parameter
+
+
 @pytest.mark.parametrize("size", [(32, 32), (40, 36)])  # (40, 36): rows / columns dropped
 def test_patch_embedding_equals_the_conv_with_input_gradients(size):
     model = ViT(5, variant=VIT_TINY_TEST, image_size=32, patch_size=8, rngs=nnx.Rngs(1))
