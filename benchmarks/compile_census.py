@@ -307,9 +307,8 @@ def _train_program(args):
         from train import models, steps
 
         config = train_step.paper_config(
-            args.config, args.size, args.dtype, args.scan_layers, args.depthwise_method,
-            args.attention, args.remat_layers, args.block_kernels,
-        )  # fmt: skip
+            args.config, args.size, args.dtype, **train_step.model_options(args)
+        )
         model = models.create_model(config, 9, seed=0)
         optimizer = steps.create_optimizer(config)
         graphdef, state = steps.initial_state(model, optimizer, config.seed)
@@ -337,11 +336,7 @@ def _eval_program(args):
         from train import models
 
         config = train_step.paper_config(
-            args.config,
-            args.size,
-            args.dtype,
-            attention=args.attention,
-            block_kernels=args.block_kernels,
+            args.config, args.size, args.dtype, **train_step.model_options(args)
         )
         regions = config.data.num_regions
         model = models.create_model(config, 9, seed=0)

@@ -27,8 +27,9 @@ from benchmarks.profile_step import (  # noqa: E402
     profile_calls,
 )
 from benchmarks.train_step import (  # noqa: E402
-    add_vit_kernel_arguments,
+    add_kernel_arguments,
     make_batch,
+    model_options,
     paper_config,
 )
 from grouped_select import budget, color  # noqa: E402
@@ -38,9 +39,7 @@ from train import models  # noqa: E402
 
 def bench_dtype(args, dtype: str) -> dict:
     """Times every search method with the model computing in `dtype`."""
-    config = paper_config(
-        args.config, args.size, dtype, attention=args.attention, block_kernels=args.block_kernels
-    )
+    config = paper_config(args.config, args.size, dtype, **model_options(args))
     num_regions = config.data.num_regions
     model = models.create_model(config, 9, seed=0)
     model.eval()
@@ -98,7 +97,7 @@ def main(argv=None):
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--methods", default="grid,grid_chunk5,while_loop")
     parser.add_argument("--repeats", type=int, default=10)
-    add_vit_kernel_arguments(parser)
+    add_kernel_arguments(parser)
     parser.add_argument("--profile-dir", default=None, help="profile the first method here")
     parser.add_argument(
         "--no-command-buffers",
@@ -120,8 +119,7 @@ def main(argv=None):
             "batch": args.batch,
             "image_size": args.size,
             "certainty": args.certainty,
-            "attention": args.attention,
-            "block_kernels": args.block_kernels,
+            **model_options(args),
             "reference_h200_ms_per_batch": 195,
             "results": results,
         },

@@ -37,7 +37,7 @@ import jax
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_json  # noqa: E402
-from benchmarks.train_step import add_step_arguments, bench_dtype  # noqa: E402
+from benchmarks.train_step import add_step_arguments, bench_dtype, model_options  # noqa: E402
 
 # Source files -> the part of the step they compute. An op's call stack is searched from the
 # innermost frame out, so a flax `Linear` inside `vit.py` counts as the classifier.
@@ -281,11 +281,7 @@ def main(argv=None):
             "batch": args.batch,
             "image_size": args.size,
             "dtype": args.dtype,
-            "scan_layers": args.scan_layers,
-            "depthwise_method": args.depthwise_method,
-            "attention": args.attention,
-            "block_kernels": args.block_kernels,
-            "remat_layers": args.remat_layers,
+            **model_options(args),
             "command_buffers": not args.no_command_buffers,
             **result,
         },

@@ -51,25 +51,29 @@ def make_batch(
     return out
 
 
-def paper_config(
-    name: str,
-    size: int,
-    dtype: str,
-    scan_layers: bool = True,
-    depthwise_method: str = "auto",
-    attention: str = "xla",
-    remat_layers: bool = False,
-    block_kernels: str = "xla",
-):
+def paper_config(name: str, size: int, dtype: str, **model_overrides):
+    """A train/configs module's config at `size`² in `dtype`, with `config.model` overrides
+    (e.g. attention="cudnn"; `model_options(args)` gives the command line's)."""
     config = importlib.import_module(f"train.configs.{name}").get_config()
     config.data.image_size = size
     config.compute_dtype = dtype
-    config.model.scan_layers = scan_layers
-    config.model.depthwise_method = depthwise_method
-    config.model.attention = attention
-    config.model.remat_layers = remat_layers
-    config.model.block_kernels = block_kernels
+    for key, value in model_overrides.items():
+        if key not in config.model:
+            raise KeyError(f"config.model has no {key!r}")
+        config.model[key] = value
     return config
+
+
+# The config.model keys that the benchmarks' command lines set (add_*_arguments below).
+MODEL_OPTIONS = (
+    "scan_layers", "remat_layers", "depthwise_method", "attention", "block_kernels",
+    "pool_method",
+)  # fmt: skip
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The `config.model` values chosen on the command line (those the parser has)."""
+    return {key: getattr(args, key) for key in MODEL_OPTIONS if hasattr(args, key)}
 
 
 def compiled_step(args, dtype: str):
@@ -78,16 +82,7 @@ def compiled_step(args, dtype: str):
     Returns:
       (compiled step, its initial state and a batch, both on the device).
     """
-    config = paper_config(
-        args.config,
-        args.size,
-        dtype,
-        args.scan_layers,
-        args.depthwise_method,
-        args.attention,
-        args.remat_layers,
-        args.block_kernels,
-    )
+    config = paper_config(args.config, args.size, dtype, **model_options(args))
     num_classes = 9
     model = models.create_model(config, num_classes, seed=0)
     optimizer = create_optimizer(config)
@@ -141,8 +136,9 @@ def _true_or_false(text: str) -> bool:
     return text == "true"
 
 
-def add_vit_kernel_arguments(parser: argparse.ArgumentParser) -> None:
-    """--attention, --block-kernels: config.model's ViT kernels (shared with eval_search.py)."""
+def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
+    """--attention, --block-kernels, --pool-method: config.model's kernel choices (shared
+    with eval_search.py)."""
     parser.add_argument(
         "--attention",
         choices=("xla", "cudnn"),
@@ -155,6 +151,12 @@ def add_vit_kernel_arguments(parser: argparse.ArgumentParser) -> None:
         default="xla",
         help="config.model.block_kernels: the ViT blocks' LayerNorms fused with their matmuls "
         "(pallas: GPU kernels)",
+    )
+    parser.add_argument(
+        "--pool-method",
+        choices=("auto", "segment_sum", "one_hot", "pallas", "pallas_runs"),
+        default="auto",
+        help="config.model.pool_method: region pooling (pallas*: GPU kernels)",
     )
 
 
@@ -169,7 +171,7 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="config.model.depthwise_method: the MobileNet's depthwise convolutions",
     )
-    add_vit_kernel_arguments(parser)
+    add_kernel_arguments(parser)
     for name, default, help_text in (
         ("scan-layers", True, "the ViT's blocks as one lax.scan (false: a Python loop)"),
         ("remat-layers", False, "recompute the ViT blocks in the backward pass"),
@@ -204,13 +206,9 @@ def main(argv=None):
             "config": args.config,
             "batch": args.batch,
             "image_size": args.size,
-            "scan_layers": args.scan_layers,
+            **model_options(args),
             # XLA's cost analysis counts a scanned body once: FLOPs / MFU undercounted then.
             "flops_count_scanned_blocks_once": args.scan_layers,
-            "depthwise_method": args.depthwise_method,
-            "attention": args.attention,
-            "block_kernels": args.block_kernels,
-            "remat_layers": args.remat_layers,
             "peak_tflops": args.peak_tflops,
             "reference_h200_images_per_s": [900, 1030],
             "results": results,
