@@ -230,60 +230,35 @@ def region_sums_pallas(
     # Triton, named: without compiler parameters recent JAX lowers GPU kernels with Mosaic
     # GPU, whose whole-array blocks would not fit in shared memory.
     params = pltriton.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages)
+    call = functools.partial(
+        pl.pallas_call, grid=(batch, splits), compiler_params=params, interpret=interpret
+    )
     partial_shape = jax.ShapeDtypeStruct((batch, splits, LANES, k_pad), jnp.float32)
+    width = channels + with_sizes
     if config.by_runs:
         per_program = chunks * step
         list_length = -(-per_program // config.chunk) * config.chunk
-        tags, prefixes, counts = pl.pallas_call(
-            functools.partial(
-                _runs_kernel,
-                chunk=step,
-                chunks=chunks,
-                channels=channels,
-                count=with_sizes,
-                num_regions=num_regions,
-            ),
-            out_shape=(
-                jax.ShapeDtypeStruct((batch, splits, list_length), jnp.int32),
-                jax.ShapeDtypeStruct(
-                    (batch, splits, channels + with_sizes, list_length), jnp.float32
-                ),
-                jax.ShapeDtypeStruct((batch, splits), jnp.int32),
-            ),
-            grid=(batch, splits),
-            compiler_params=params,
-            interpret=interpret,
-        )(ids, values)
-        partial = pl.pallas_call(
-            functools.partial(
-                _run_sums_kernel,
-                chunk=config.chunk,
-                width=channels + with_sizes,
-                parts=parts,
-                k_pad=k_pad,
-            ),
-            out_shape=partial_shape,
-            grid=(batch, splits),
-            compiler_params=params,
-            interpret=interpret,
-        )(counts, tags, prefixes)
+        runs = functools.partial(
+            _runs_kernel, chunk=step, chunks=chunks, channels=channels, count=with_sizes,
+            num_regions=num_regions,
+        )  # fmt: skip
+        lists = (
+            jax.ShapeDtypeStruct((batch, splits, list_length), jnp.int32),
+            jax.ShapeDtypeStruct((batch, splits, width, list_length), jnp.float32),
+            jax.ShapeDtypeStruct((batch, splits), jnp.int32),
+        )
+        tags, prefixes, counts = call(runs, out_shape=lists)(ids, values)
+        run_sums = functools.partial(
+            _run_sums_kernel, chunk=config.chunk, width=width, parts=parts, k_pad=k_pad
+        )
+        partial = call(run_sums, out_shape=partial_shape)(counts, tags, prefixes)
     else:
-        partial = pl.pallas_call(
-            functools.partial(
-                _pixels_kernel,
-                chunk=step,
-                chunks=chunks,
-                channels=channels,
-                parts=parts,
-                k_pad=k_pad,
-                count=with_sizes,
-            ),
-            out_shape=partial_shape,
-            grid=(batch, splits),
-            compiler_params=params,
-            interpret=interpret,
-        )(ids, values)
-    return jnp.swapaxes(partial.sum(axis=1)[:, : channels + with_sizes, :num_regions], 1, 2)
+        pixel_sums = functools.partial(
+            _pixels_kernel, chunk=step, chunks=chunks, channels=channels, parts=parts,
+            k_pad=k_pad, count=with_sizes,
+        )  # fmt: skip
+        partial = call(pixel_sums, out_shape=partial_shape)(ids, values)
+    return jnp.swapaxes(partial.sum(axis=1)[:, :width, :num_regions], 1, 2)
 
 
 def _forward(features, region_ids, num_regions, interpret, with_sizes, config):
