@@ -94,6 +94,24 @@ def test_shape_bytes_of_tuples_and_scalars():
     assert compile_census.shape_bytes("(f32[2,3]{1,0}, bf16[4]{0}, s32[])") == 24 + 8 + 4
 
 
+# A cuBLAS-lt matrix product as a CUDA module lists it: its output tuple ends in the library's
+# 4 MB scratch buffer.
+_GEMM = """
+ENTRY %main (a: bf16[128,64], b: bf16[64,32]) -> bf16[128,32] {
+  %a = bf16[128,64]{1,0} parameter(0)
+  %b = bf16[64,32]{1,0} parameter(1)
+  %gemm = (bf16[128,32]{1,0}, s8[4194304]{0}) custom-call(%a, %b), custom_call_target="__cublas$lt$matmul"
+  ROOT %out = bf16[128,32]{1,0} get-tuple-element(%gemm), index=0
+}
+"""
+
+
+def test_library_scratch_buffers_are_not_bytes_written():
+    (gemm,) = compile_census.kernels(_GEMM)
+    assert gemm["bytes_read"] == (128 * 64 + 64 * 32) * 2
+    assert gemm["bytes_written"] == 128 * 32 * 2
+
+
 def test_calibrate_reads_the_same_kernels_profile_step_measured(tmp_path):
     """On the CPU the fit itself means nothing; what is checked is that `calibrate` reads a
     `profile_step` output directory (module text + trace) and finds the measured kernels."""

@@ -454,7 +454,7 @@ class ViT(nnx.Module):
         # [num_layers, n]: the backward pass keeps that scan input instead of saving every
         # parameter array per block, and slices one vector per block instead of one per array.
         # The H200 training step compiled here (benchmarks/compile_census.py, cuDNN attention
-        # + remat): 2,858 -> 2,498 kernels, 18.3 -> 17.4 ms estimated. Not without remat: there
+        # + remat): 2,858 -> 2,498 kernels, 17.9 -> 17.1 ms estimated. Not without remat: there
         # it saves 131 of 3,218 kernels on the H200 and the CPU step (unravelling copies) ran
         # 427 / 429 / 421 ms against 395 / 362 / 468 (batch 4, alternating processes).
         flat_states, unravel = zip(*map(jax.flatten_util.ravel_pytree, states), strict=True)
