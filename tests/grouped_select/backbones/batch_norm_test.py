@@ -59,6 +59,19 @@ def test_train_mode_matches_flax_values_gradients_and_statistics(shape):
     assert not np.allclose(stats["mean"], _bn(shape[-1]).mean[...])
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e3, 1e4])
+def test_one_pass_statistics_hold_far_from_zero(offset):
+    """Both moments come from one pass about a pilot value: a mean 10^4 standard deviations
+    from zero still gives float32's variance (a plain E[x²] - E[x]² would be off by ~10)."""
+    x = offset + jax.random.normal(jax.random.key(4), (8, 16, 16, 32))
+    bn = _bn(32)
+    bn.momentum = 0.0  # the running statistics become the batch's
+    nnx.jit(batch_norm)(bn, x)
+    x64 = np.asarray(x, np.float64).reshape(-1, 32)
+    np.testing.assert_allclose(bn.var[...], x64.var(0), rtol=1e-5)
+    np.testing.assert_allclose(bn.mean[...], x64.mean(0), rtol=1e-6, atol=1e-6)
+
+
 def test_bfloat16_input_gradient_in_bfloat16_and_eval_mode_is_flax():
     x = jax.random.normal(jax.random.key(2), (2, 6, 6, 4)).astype(jnp.bfloat16)
     cotangent = jax.random.normal(jax.random.key(3), x.shape)
