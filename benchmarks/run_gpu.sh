@@ -70,13 +70,17 @@ step color_jitter python3 benchmarks/color_jitter.py --out "$results/color_jitte
 # 100 batches: 20 were shorter than grain's start-up and read-ahead with 8-16 workers.
 step data_pipeline python3 benchmarks/data_pipeline.py --sizes 224 --worker-counts 0,16 \
   --slic-images 10 --batches 100 --out "$results/data_pipeline.json"
-# Extras, while the budget lasts: the fast configuration without the fused block kernels; the
-# fast step's and search's kernels attributed to model parts (no CUDA graphs); the default
+# Extras, while the budget lasts: the fast configuration without the fused block kernels, and
+# with the pooling kernels by runs; the fast step's and search's kernels attributed to model parts (no CUDA graphs); the default
 # step profiled; each change alone; XLA's grouped convolution for the depthwise layers,
 # float32, the ViT unrolled, and the depthwise layers one by one.
 optional train_step_bf16_cudnn_remat python3 benchmarks/train_step.py --dtypes bfloat16 \
   --attention cudnn --remat-layers true --repeats 5 \
   --out "$results/train_step_bf16_cudnn_remat.json"
+# The fast step with region pooling by runs (`pool_method="pallas_runs"`) instead of segment_sum.
+optional train_step_bf16_fast_runs_pool python3 benchmarks/train_step.py --dtypes bfloat16 \
+  --attention cudnn --remat-layers true --block-kernels pallas --pool-method pallas_runs \
+  --repeats 5 --out "$results/train_step_bf16_fast_runs_pool.json"
 optional eval_search_bf16_cudnn python3 benchmarks/eval_search.py --dtypes bfloat16 \
   --methods grid_chunk5 --attention cudnn --out "$results/eval_search_bf16_cudnn.json"
 optional profile_attributed python3 benchmarks/profile_step.py --dtype bfloat16 \
