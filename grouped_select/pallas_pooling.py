@@ -151,7 +151,7 @@ def _runs_kernel(ids_ref, features_ref, tags_ref, prefixes_ref, counts_ref, *, c
     counts_ref[b, s] = lax.fori_loop(0, chunks, body, jnp.int32(0))
 
 
-def _run_sums_kernel(counts_ref, tags_ref, prefixes_ref, out_ref, *, chunk, width, parts,
+def _run_sums_kernel(counts_ref, tags_ref, prefixes_ref, out_ref, *, chunk, channels, parts,
                      k_pad):  # fmt: skip
     """Program (b, s): adds the runs of `_runs_kernel`'s list (b, s) into [LANES, k_pad]."""
     b, s = pl.program_id(0), pl.program_id(1)
@@ -167,7 +167,7 @@ def _run_sums_kernel(counts_ref, tags_ref, prefixes_ref, out_ref, *, chunk, widt
         after_another = live & ((tag & 1) == 0)  # not the first entry of its scan chunk
         before = jnp.maximum(entry - 1, 0)
         values = jnp.zeros((chunk, LANES), jnp.float32)
-        for c in range(width):
+        for c in range(channels):
             end = pltriton.load(prefixes_ref.at[b, s, c, entry], mask=live, other=0.0)
             start = pltriton.load(prefixes_ref.at[b, s, c, before], mask=after_another, other=0.0)
             values = jnp.where(lanes == c, (end - start)[:, None], values)
@@ -234,7 +234,7 @@ def region_sums_pallas(
         pl.pallas_call, grid=(batch, splits), compiler_params=params, interpret=interpret
     )
     partial_shape = jax.ShapeDtypeStruct((batch, splits, LANES, k_pad), jnp.float32)
-    width = channels + with_sizes
+    out_channels = channels + with_sizes
     if config.by_runs:
         per_program = chunks * step
         list_length = -(-per_program // config.chunk) * config.chunk
@@ -244,12 +244,12 @@ def region_sums_pallas(
         )  # fmt: skip
         lists = (
             jax.ShapeDtypeStruct((batch, splits, list_length), jnp.int32),
-            jax.ShapeDtypeStruct((batch, splits, width, list_length), jnp.float32),
+            jax.ShapeDtypeStruct((batch, splits, out_channels, list_length), jnp.float32),
             jax.ShapeDtypeStruct((batch, splits), jnp.int32),
         )
         tags, prefixes, counts = call(runs, out_shape=lists)(ids, values)
         run_sums = functools.partial(
-            _run_sums_kernel, chunk=config.chunk, width=width, parts=parts, k_pad=k_pad
+            _run_sums_kernel, chunk=config.chunk, channels=out_channels, parts=parts, k_pad=k_pad
         )
         partial = call(run_sums, out_shape=partial_shape)(counts, tags, prefixes)
     else:
@@ -258,7 +258,7 @@ def region_sums_pallas(
             k_pad=k_pad, count=with_sizes,
         )  # fmt: skip
         partial = call(pixel_sums, out_shape=partial_shape)(ids, values)
-    return jnp.swapaxes(partial.sum(axis=1)[:, :width, :num_regions], 1, 2)
+    return jnp.swapaxes(partial.sum(axis=1)[:, :out_channels, :num_regions], 1, 2)
 
 
 def _forward(features, region_ids, num_regions, interpret, with_sizes, config):

@@ -4,7 +4,7 @@ Every image carries a map of superpixel ids `region_ids` [B, H, W] with values i
 [0, num_regions). `num_regions` is a static Python int so that shapes are known under jit;
 ids that no pixel uses are empty regions, whose pooled value is 0 (never NaN).
 
-Two implementations of pooling sit behind `pool_regions`:
+The implementations of pooling behind `pool_regions`:
 - "segment_sum": one `jax.ops.segment_sum` over the flattened batch, ids offset by
   `b * num_regions`, so a single scatter handles the whole batch (what GPUs/CPUs do best).
 - "one_hot": a one-hot [B, P, K] matrix contracted with the features; scatter-free, so it
