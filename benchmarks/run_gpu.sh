@@ -105,6 +105,7 @@ optional train_step_bf16_unrolled python3 benchmarks/train_step.py --scan-layers
   --dtypes bfloat16 --repeats 5 --out "$results/train_step_bf16_unrolled.json"
 optional depthwise python3 benchmarks/depthwise.py --batch 64 --out "$results/depthwise.json"
 echo "== summary"
-grep -h "images/s\|ms / step" "$results"/*.log | tail -n 20
+python3 benchmarks/summarize.py "$results" | tee "$results/summary.txt"
 cat "$results/timings.txt"
+pack
 exit $status
