@@ -5,13 +5,16 @@ lowering adds with atomics; neighbouring pixels share a region, so the atomics c
 H200 at B = 64, 224², C = 4, K = 100: 365 µs, where reading the 64 MB once takes ~15 µs).
 
 **Every pixel** (`KernelConfig.by_runs=False`): each program sums a contiguous range of one
-image's pixels into a private [16, K_pad] block on the matrix units: one_hot(ids)ᵀ times the
-features, `chunk` pixels at a time. The one-hot is exact in bfloat16; float32 features are
-split into three bfloat16 parts (hi + mid + lo carry all 24 bits of the significand), so three
-bfloat16 products with float32 accumulation give float32 sums. XLA then adds each image's few
-partial blocks. On an H200 (2026-11-28, means with sizes) 237 µs in float32 and 179 µs with
-bfloat16 features: building the [chunk, K_pad] one-hot costs ~3 instructions per pixel and
-region (compare, select, a 2-byte shared-memory store), 128 regions per pixel.
+image's pixels into a private [lanes, K_pad] block on the matrix units: featuresᵀ times
+one_hot(ids), `chunk` pixels at a time. The one-hot is exact in bfloat16; float32 features are
+split into three bfloat16 parts (hi + mid + lo carry all 24 bits of the significand), packed
+side by side in the lanes of one bfloat16 product with float32 accumulation (C = 4 with sizes:
+13 of 16 lanes), and XLA adds the parts and each image's few partial blocks. On an H200
+(2026-11-28, means with sizes, before the parts were packed: one product per part) 237 µs in
+float32 and 179 µs with bfloat16 features; building the [chunk, K_pad] one-hot costs ~3
+instructions per pixel and region (compare, select, a 2-byte shared-memory store), 128
+regions per pixel. Packed, the H200 compile's loop has 32 matrix instructions per 128 pixels
+instead of 96 (`benchmarks/kernel_sass.py`).
 
 **By runs** (`by_runs=True`): superpixels are compact, so a row of pixels crosses a region
 boundary every ~20 pixels. A first kernel scans `scan_chunk` pixels at a time: running sums
@@ -22,8 +25,8 @@ chunk's start) and adds the entries with the one-hot product above: 12-22x fewer
 pixels at 224² (50,176 pixels: 2,240 runs in `benchmarks/pooling.py`'s ids, 3,200-4,200 in
 scikit-image's SLIC of its sample images). Compiled for an H200 (`benchmarks/kernel_sass.py`),
 the scan's loop issues ~6 warp instructions per pixel (40 registers per thread), the
-every-pixel kernel's ~22 plus its matrix instructions (168 registers), the second pass ~28 per
-entry: ~2.5x fewer in all at 224², not yet timed on a GPU. Correct for any ids; ids without
+every-pixel kernel's ~19 (164 registers), the second pass ~23 per entry: ~2.2x fewer in all at
+224², not yet timed on a GPU. Correct for any ids; ids without
 runs (noise) make up to one entry per pixel, then the two passes cost more than one. Float32
 sums are differences of running sums over at most `scan_chunk` pixels (rounded relative to
 those, not to the run).
@@ -43,7 +46,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-LANES = 16  # channels padded to the matrix units' smallest width
+LANES = 16  # the fewest lanes (packed channel parts) a matrix product takes
 
 
 class KernelConfig(NamedTuple):
@@ -70,43 +73,50 @@ class KernelConfig(NamedTuple):
 DEFAULT_CONFIG = KernelConfig()
 
 
-def _add_one_hot_product(acc, ids, values, *, k_pad, parts):
-    """acc [LANES, k_pad] + valuesᵀ one_hot(ids) on the matrix units.
+def _packed_parts(columns, *, parts, ones, lanes):
+    """[chunk, lanes] bfloat16 matrix-unit operand: lane p * len(columns) + c holds part p of
+    column c (hi, mid, lo: each the rest's bfloat16 rounding, so 3 parts carry a float32's 24
+    significand bits), lane parts * len(columns) holds 1 if `ones`; other lanes 0. One product
+    then sums every part (three products, one per part, cost three times the matrix work)."""
+    lane = jnp.arange(lanes, dtype=jnp.int32)[None, :]
+    packed = jnp.zeros((columns[0].shape[0], lanes), jnp.bfloat16)
+    for c, column in enumerate(columns):
+        rest = column.astype(jnp.float32)
+        for p in range(parts):
+            part = rest.astype(jnp.bfloat16)
+            packed = jnp.where(lane == p * len(columns) + c, part[:, None], packed)
+            rest = rest - part.astype(jnp.float32)
+    if ones:
+        packed = jnp.where(lane == parts * len(columns), jnp.bfloat16(1), packed)
+    return packed
 
-    ids [chunk] (ids outside [0, k_pad) add nowhere); values [chunk, LANES] float32, added in
-    `parts` bfloat16 parts (3: float32 precision; 1: values already bfloat16).
-    """
+
+def _add_one_hot_product(acc, ids, packed, *, k_pad):
+    """acc [lanes, k_pad] + packedᵀ one_hot(ids): ids [chunk] (outside [0, k_pad): nowhere),
+    packed [chunk, lanes] bfloat16; float32 accumulation on the matrix units."""
     one_hot = (ids[:, None] == jnp.arange(k_pad, dtype=jnp.int32)[None, :]).astype(jnp.bfloat16)
-    for _ in range(parts):  # hi, then mid, then lo: each the rest's bfloat16 rounding
-        part = values.astype(jnp.bfloat16)
-        values = values - part.astype(jnp.float32)
-        acc += lax.dot_general(
-            part, one_hot, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
-        )
-    return acc
+    return acc + lax.dot_general(
+        packed, one_hot, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
+    )
 
 
 def _pixels_kernel(ids_ref, features_ref, out_ref, *, chunk, chunks, channels, parts, k_pad,
-                   count):  # fmt: skip
+                   count, lanes):  # fmt: skip
     """Program (b, s): pixels [s * chunks * chunk, (s + 1) * chunks * chunk) of image b.
 
-    With `count`, lane `channels` holds 1 for every pixel: its sums are the region sizes.
+    Lanes as `_packed_parts` packs the channels; with `count`, lane parts * channels holds 1
+    for every pixel: its sums are the region sizes.
     """
     b, s = pl.program_id(0), pl.program_id(1)
     base = s * chunks * chunk
-    lanes = jnp.arange(LANES, dtype=jnp.int32)[None, :]
 
     def body(i, acc):
         pixels = pl.ds(base + i * chunk, chunk)
-        values = jnp.zeros((chunk, LANES), jnp.float32)
-        for c in range(channels):  # channel c into lane c; lanes >= channels stay 0
-            column = features_ref[b, pixels, c].astype(jnp.float32)
-            values = jnp.where(lanes == c, column[:, None], values)
-        if count:
-            values = jnp.where(lanes == channels, 1.0, values)
-        return _add_one_hot_product(acc, ids_ref[b, pixels], values, k_pad=k_pad, parts=parts)
+        columns = [features_ref[b, pixels, c] for c in range(channels)]
+        packed = _packed_parts(columns, parts=parts, ones=count, lanes=lanes)
+        return _add_one_hot_product(acc, ids_ref[b, pixels], packed, k_pad=k_pad)
 
-    out_ref[b, s] = lax.fori_loop(0, chunks, body, jnp.zeros((LANES, k_pad), jnp.float32))
+    out_ref[b, s] = lax.fori_loop(0, chunks, body, jnp.zeros((lanes, k_pad), jnp.float32))
 
 
 def _runs_kernel(ids_ref, features_ref, tags_ref, prefixes_ref, counts_ref, *, chunk, chunks,
@@ -151,12 +161,12 @@ def _runs_kernel(ids_ref, features_ref, tags_ref, prefixes_ref, counts_ref, *, c
     counts_ref[b, s] = lax.fori_loop(0, chunks, body, jnp.int32(0))
 
 
-def _run_sums_kernel(counts_ref, tags_ref, prefixes_ref, out_ref, *, chunk, channels, parts,
-                     k_pad):  # fmt: skip
-    """Program (b, s): adds the runs of `_runs_kernel`'s list (b, s) into [LANES, k_pad]."""
+def _run_sums_kernel(counts_ref, tags_ref, prefixes_ref, out_ref, *, chunk, channels, k_pad,
+                     lanes):  # fmt: skip
+    """Program (b, s): adds the runs of `_runs_kernel`'s list (b, s) into [lanes, k_pad], the
+    `channels` prefix channels packed in three parts each (`_packed_parts`)."""
     b, s = pl.program_id(0), pl.program_id(1)
     length = counts_ref[b, s]
-    lanes = jnp.arange(LANES, dtype=jnp.int32)[None, :]
     last = tags_ref.shape[-1] - 1
 
     def body(i, acc):
@@ -166,15 +176,16 @@ def _run_sums_kernel(counts_ref, tags_ref, prefixes_ref, out_ref, *, chunk, chan
         tag = pltriton.load(tags_ref.at[b, s, entry], mask=live, other=-2)
         after_another = live & ((tag & 1) == 0)  # not the first entry of its scan chunk
         before = jnp.maximum(entry - 1, 0)
-        values = jnp.zeros((chunk, LANES), jnp.float32)
+        runs = []
         for c in range(channels):
             end = pltriton.load(prefixes_ref.at[b, s, c, entry], mask=live, other=0.0)
             start = pltriton.load(prefixes_ref.at[b, s, c, before], mask=after_another, other=0.0)
-            values = jnp.where(lanes == c, (end - start)[:, None], values)
-        return _add_one_hot_product(acc, tag >> 1, values, k_pad=k_pad, parts=parts)
+            runs.append(end - start)
+        packed = _packed_parts(runs, parts=3, ones=False, lanes=lanes)
+        return _add_one_hot_product(acc, tag >> 1, packed, k_pad=k_pad)
 
     tiles = (length + chunk - 1) // chunk
-    out_ref[b, s] = lax.fori_loop(0, tiles, body, jnp.zeros((LANES, k_pad), jnp.float32))
+    out_ref[b, s] = lax.fori_loop(0, tiles, body, jnp.zeros((lanes, k_pad), jnp.float32))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -225,16 +236,22 @@ def region_sums_pallas(
     if padded != pixels and not config.by_runs:  # padding pixels' id -1 adds them nowhere
         ids = jnp.pad(ids, ((0, 0), (0, padded - pixels)), constant_values=-1)
         values = jnp.pad(values, ((0, 0), (0, padded - pixels), (0, 0)))
-    # bfloat16 features are exact in one bfloat16 part; run sums (float32) need three.
-    parts = 1 if features.dtype == jnp.bfloat16 and not config.by_runs else 3
+    # bfloat16 features are exact in one bfloat16 part; float32 ones and run sums need three.
+    # Lanes: the parts of every column packed side by side (`_packed_parts`), the sizes'
+    # column of ones after them in the every-pixel kernel (run sums of it need parts too).
+    out_channels = channels + with_sizes
+    if config.by_runs:
+        parts, parted, ones = 3, out_channels, False
+    else:
+        parts, parted, ones = (1 if features.dtype == jnp.bfloat16 else 3), channels, with_sizes
+    lanes = max(LANES, pl.next_power_of_2(parts * parted + ones))
     # Triton, named: without compiler parameters recent JAX lowers GPU kernels with Mosaic
     # GPU, whose whole-array blocks would not fit in shared memory.
     params = pltriton.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages)
     call = functools.partial(
         pl.pallas_call, grid=(batch, splits), compiler_params=params, interpret=interpret
     )
-    partial_shape = jax.ShapeDtypeStruct((batch, splits, LANES, k_pad), jnp.float32)
-    out_channels = channels + with_sizes
+    partial_shape = jax.ShapeDtypeStruct((batch, splits, lanes, k_pad), jnp.float32)
     if config.by_runs:
         per_program = chunks * step
         list_length = -(-per_program // config.chunk) * config.chunk
@@ -249,16 +266,20 @@ def region_sums_pallas(
         )
         tags, prefixes, counts = call(runs, out_shape=lists)(ids, values)
         run_sums = functools.partial(
-            _run_sums_kernel, chunk=config.chunk, channels=out_channels, parts=parts, k_pad=k_pad
+            _run_sums_kernel, chunk=config.chunk, channels=out_channels, k_pad=k_pad, lanes=lanes
         )
         partial = call(run_sums, out_shape=partial_shape)(counts, tags, prefixes)
     else:
         pixel_sums = functools.partial(
             _pixels_kernel, chunk=step, chunks=chunks, channels=channels, parts=parts,
-            k_pad=k_pad, count=with_sizes,
+            k_pad=k_pad, count=with_sizes, lanes=lanes,
         )  # fmt: skip
         partial = call(pixel_sums, out_shape=partial_shape)(ids, values)
-    return jnp.swapaxes(partial.sum(axis=1)[:, :out_channels, :num_regions], 1, 2)
+    total = partial.sum(axis=1)  # [B, lanes, k_pad]
+    sums = sum(total[:, p * parted : (p + 1) * parted] for p in range(parts))
+    if ones:
+        sums = jnp.concatenate([sums, total[:, parts * parted][:, None]], axis=1)
+    return jnp.swapaxes(sums[:, :, :num_regions], 1, 2)
 
 
 def _forward(features, region_ids, num_regions, interpret, with_sizes, config):
