@@ -46,6 +46,19 @@ def test_float32_sums_equal_segment_sum(shape, num_regions, config):
 
 
 @ALGORITHMS
+def test_more_parts_than_sixteen_lanes(config):
+    """8 float32 channels with sizes: 3 x 8 + 1 (every pixel) or 3 x 9 (by runs) packed parts
+    need 32 lanes."""
+    features, ids = _inputs((2, 9, 7, 8), 20)
+    got = jax.jit(lambda f: region_sums_pallas(f, ids, 20, True, True, config))(features)
+    want = regions.region_sums(features, ids, 20)
+    np.testing.assert_allclose(
+        got[..., :8], want, rtol=1e-5, atol=1e-6 * float(jnp.abs(want).max())
+    )
+    chex.assert_trees_all_equal(got[..., 8], regions.region_sizes(ids, 20))
+
+
+@ALGORITHMS
 def test_bfloat16_features_and_empty_regions(config):
     features, ids = _inputs((2, 16, 16, 4), 50)
     ids = jnp.where(ids == 7, 8, ids)  # region 7 empty in every image
