@@ -16,6 +16,7 @@ import functools
 import importlib
 import pathlib
 import sys
+import typing
 from collections.abc import Callable
 
 import jax
@@ -25,7 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import compiled_flops, time_fn, write_json  # noqa: E402
 from benchmarks.pooling import slic_like_ids  # noqa: E402
-from grouped_select import color  # noqa: E402
+from grouped_select import color, regions  # noqa: E402
 from train import models, steps  # noqa: E402
 from train.steps import create_optimizer, initial_state, step_settings  # noqa: E402
 
@@ -154,7 +155,7 @@ def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--pool-method",
-        choices=("auto", "segment_sum", "one_hot", "pallas", "pallas_runs"),
+        choices=typing.get_args(regions.PoolMethod),
         default="auto",
         help="config.model.pool_method: region pooling (pallas*: GPU kernels)",
     )
