@@ -32,6 +32,7 @@ from flax import nnx
 
 from grouped_select.backbones.batch_norm import batch_norm
 from grouped_select.backbones.depthwise import Method, depthwise_conv
+from grouped_select.precision import materialized
 
 # torchvision initialises every conv with kaiming_normal_(mode="fan_out").
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -174,10 +175,20 @@ class ConvBNAct(nnx.Module):
             )
         else:
             y = self.conv(x)
+        # A depthwise layer's result feeds two float32 kernels when a squeeze-excitation
+        # follows (its mean and its scaling), and in training so do the conv's output (batch
+        # statistics and normalisation) and that output's gradient (the taps' and the
+        # kernel's gradients). XLA would pass them between those kernels in float32
+        # ("excess precision"); `materialized` keeps them in the layer's dtype: in the H200
+        # training step compiled here, 28.7 -> 27.0 GB moved (`benchmarks/compile_census.py`).
+        # Not the conv's output in eval mode: there normalisation fuses into the conv's kernel.
+        if self.depthwise and not self.bn.use_running_average:
+            y = materialized(y)
         # Back to the conv's dtype: BatchNorm normalises with its float32 statistics, so a
         # bfloat16 network would otherwise run float32 from its first layer on (as the whole
         # selector did in the compiled H200 step: twice the memory traffic).
-        return _ACTIVATIONS[self.activation](batch_norm(self.bn, y)).astype(y.dtype)
+        y = _ACTIVATIONS[self.activation](batch_norm(self.bn, y)).astype(y.dtype)
+        return materialized(y, gradient=False) if self.depthwise else y
 
 
 class SqueezeExcitation(nnx.Module):

@@ -157,3 +157,32 @@ def test_bfloat16_parameters_and_input_run_in_bfloat16():
     for got, want, bound in ((low, want_low, 0.03), (high, want_high, 0.12)):
         error = np.linalg.norm(np.asarray(got, np.float32) - want) / np.linalg.norm(want)
         assert error < bound, error
+
+
+@pytest.mark.parametrize(
+    "dtype, train, barriers_per_depthwise_layer",
+    [(jnp.bfloat16, True, 2), (jnp.bfloat16, False, 1), (jnp.float32, True, 0)],
+)
+def test_bfloat16_training_stores_depthwise_tensors_in_bfloat16(
+    dtype, train, barriers_per_depthwise_layer
+):
+    """In bfloat16 each depthwise layer's result, and in train mode its conv's output too, is
+    kept in bfloat16 between kernels (`precision.materialized`); float32 has no barriers."""
+    model = LRASPPMobileNetV3(rngs=nnx.Rngs(0))
+    if train:
+        model.train()
+    else:
+        model.eval()
+    depthwise_layers = sum(getattr(layer, "depthwise", False) for _, layer in nnx.iter_graph(model))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def forward(params, x):
+        model = nnx.merge(graphdef, cast_floating(params, dtype), rest, copy=True)
+        return model(x.astype(dtype))
+
+    x = jnp.zeros((1, 32, 32, 3))
+    text = jax.jit(forward).lower(params, x).as_text()
+    assert depthwise_layers == 15
+    assert text.count("stablehlo.optimization_barrier") == (
+        barriers_per_depthwise_layer * depthwise_layers
+    )
