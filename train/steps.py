@@ -276,7 +276,7 @@ def train_step(
         "sampled_kept_fraction": hard_kept.mean(),
         "temperature": temperature,
         "sparsity_weight": sparsity_weight,
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": global_norm(grads),
     }
     new_state = state.replace(
         step=state.step + 1,
@@ -334,7 +334,7 @@ def _black_box_train_step(state, batch, graphdef, optimizer, s: StepSettings):
         "cross_entropy": loss,
         "accuracy": metrics.correct(logits, labels).mean(),
         "kept_fraction": jnp.float32(1.0),
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": global_norm(grads),
     }
     new_state = state.replace(
         step=state.step + 1,
@@ -454,3 +454,27 @@ def summarize(sums: dict[str, float], names: Sequence[str] | None = None) -> dic
             result[f"{group}/budget"] = sums[f"{group}/budget"] / count
         result[f"{group}/count"] = sums[f"{group}/count"]
     return result
+
+
+def global_norm(tree, *, concatenate: bool | None = None) -> jax.Array:
+    """The L2 norm of all of a pytree's leaves together, in float32, cheap on a GPU.
+
+    Summed leaf by leaf (as `optax.tree.norm`), it is one reduction per leaf: on a GPU ~170
+    kernels for the paper's model, 0.4 ms of a ~16 ms step by the H200 census, for a logged
+    metric. There the leaves are concatenated first and summed in one reduction (XLA fuses
+    the pieces into a few kernels). Not on a CPU, where the concatenation is a 35 MB copy:
+    15 ms against 1 ms for the per-leaf sums.
+
+    Args:
+      tree: a pytree of arrays (the gradients).
+      concatenate: one reduction over the concatenated leaves; None: except on a CPU.
+
+    Returns:
+      [] float32 norm.
+    """
+    if concatenate is None:
+        concatenate = jax.default_backend() != "cpu"
+    leaves = [leaf.astype(jnp.float32) for leaf in jax.tree.leaves(tree)]
+    if concatenate:
+        return jnp.sqrt(jnp.sum(jnp.square(jnp.concatenate([jnp.ravel(x) for x in leaves]))))
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves))

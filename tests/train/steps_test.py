@@ -260,3 +260,22 @@ def test_train_step_applies_the_batchs_color_jitter(tiny_config):
 
     with pytest.raises(ValueError, match="uint8"):
         step(state, {**plain, "image": color.normalize(plain["image"])})
+
+
+@pytest.mark.parametrize("concatenate", [True, False, None])
+def test_global_norm_is_optax_tree_norm(concatenate):
+    """Both forms (one reduction over the concatenated leaves, or a reduction per leaf) give
+    the norm of all the leaves together, in float32 also for bfloat16 leaves; the same as
+    `optax.tree.norm` (the metric's definition before) for float32 leaves."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    tree = {
+        "kernel": jax.random.normal(keys[0], (3, 3, 8, 16)),
+        "bias": jax.random.normal(keys[1], (16,), jnp.bfloat16),
+        "blocks": [jax.random.normal(keys[2], (5, 7)), jnp.zeros((0,))],
+    }
+    got = jax.jit(functools.partial(steps.global_norm, concatenate=concatenate))(tree)
+    want = np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
+    assert got.shape == () and got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    float32 = jax.tree.map(lambda x: x.astype(jnp.float32), tree)
+    np.testing.assert_allclose(got, optax.tree.norm(float32), rtol=1e-6)
