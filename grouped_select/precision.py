@@ -27,45 +27,37 @@ def cast_floating(tree, dtype: jnp.dtype):
 
 
 def materialized(x: jax.Array, *, gradient: bool = True) -> jax.Array:
-    """`x` as stored in its own dtype, and its gradient as stored in the gradient's dtype.
+    """`x` kept stored in its own dtype between kernels, and (`gradient`) its gradient too.
 
     XLA treats a round trip float32 -> bfloat16 -> float32 as removable ("excess precision",
-    on by default): when a bfloat16 layer's output feeds a layer that computes in float32, the
-    tensor between the two kernels is then written and read in float32, twice the bytes.
-    An optimization barrier keeps the rounding where the program has it, forward and (on the
-    cotangent) backward. Use it where a low-precision activation crosses a kernel boundary
-    into float32 arithmetic. No-op for 32- and 64-bit arrays.
+    on by default): when a bfloat16 value feeds two kernels that compute in float32, XLA may
+    write the unrounded float32 value once for both to read, twice the bytes. An optimization
+    barrier keeps the rounding where the program has it, and so the bfloat16 tensor. Use it
+    where a low-precision activation read by several float32 kernels crosses a kernel
+    boundary. Values never change; differentiable in both modes. No-op for 32- and 64-bit and
+    non-float arrays.
 
     Args:
       x: any array.
+      gradient: also put a barrier on the cotangent in the backward pass (where the gradient
+        is written in low precision and read by several float32 kernels); False leaves the
+        backward pass to XLA.
 
     Returns:
       `x` (same values, dtype and shape).
     """
     if not jnp.issubdtype(x.dtype, jnp.floating) or jnp.finfo(x.dtype).bits >= 32:
         return x
-    return _barrier(x) if gradient else _forward_barrier(x)
+    # jax differentiates the barrier into a barrier on the tangent and on the cotangent.
+    return jax.lax.optimization_barrier(x) if gradient else _forward_barrier(x)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _forward_barrier(x):
     return jax.lax.optimization_barrier(x)
 
 
-_forward_barrier.defvjp(lambda x: (_forward_barrier(x), None), lambda _, grad: (grad,))
-
-
-@jax.custom_vjp
-def _barrier(x):
-    return jax.lax.optimization_barrier(x)
-
-
-def _barrier_forward(x):
-    return _barrier(x), None
-
-
-def _barrier_backward(_, grad):
-    return (jax.lax.optimization_barrier(grad),)
-
-
-_barrier.defvjp(_barrier_forward, _barrier_backward)
+@_forward_barrier.defjvp
+def _forward_barrier_jvp(primals, tangents):
+    (x,), (tangent,) = primals, tangents
+    return _forward_barrier(x), tangent

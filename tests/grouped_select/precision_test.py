@@ -48,6 +48,17 @@ def test_materialized_puts_a_barrier_on_low_precision_values(gradient, backward_
     np.testing.assert_array_equal(jax.jit(jax.grad(loss))(x), 2 * x)
 
 
+@pytest.mark.parametrize("gradient", [True, False])
+def test_materialized_has_forward_mode_derivatives(gradient):
+    x = jnp.linspace(-1, 1, 6, dtype=jnp.bfloat16)
+    tangent = jnp.full_like(x, 0.5)
+    primal, out_tangent = jax.jit(
+        lambda x, t: jax.jvp(lambda v: materialized(v, gradient=gradient), (x,), (t,))
+    )(x, tangent)
+    np.testing.assert_array_equal(primal, x)
+    np.testing.assert_array_equal(out_tangent, tangent)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.int32])
 def test_materialized_leaves_wide_and_integer_arrays_alone(dtype):
     x = jnp.arange(6, dtype=dtype)
