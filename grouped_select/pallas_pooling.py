@@ -33,8 +33,9 @@ those, not to the run).
 
 GPU only (`interpret=True` runs the same kernels anywhere, slowly: how the tests check them).
 `benchmarks/pooling.py` times both beside the other implementations.
-XLA's SPMD partitioner cannot split the kernels' custom calls over devices: in a step sharded
-over several GPUs it would gather the batch on each; use them on one GPU (or in `shard_map`).
+Sharded over devices along the batch (the training step's data axis), each device runs the
+kernels on its own images (`custom_partitioning`): XLA's partitioner cannot split a kernel's
+custom call itself and would otherwise gather the whole batch onto every device.
 """
 
 import functools
@@ -44,7 +45,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as pltriton
+from jax.sharding import NamedSharding, PartitionSpec
 
 LANES = 16  # the fewest lanes (packed channel parts) a matrix product takes
 
@@ -225,6 +228,13 @@ def region_sums_pallas(
         raise ValueError(
             f"region_ids shape {region_ids.shape} does not match features {features.shape}."
         )
+    return _batch_partitioned_sums(features, region_ids, num_regions, interpret, with_sizes, config)
+
+
+def _sums(features, region_ids, num_regions, interpret, with_sizes, config):
+    """`region_sums_pallas` without its checks and gradient: the kernels on this device's
+    images."""
+    batch, height, width, channels = features.shape
     k_pad = max(LANES, pl.next_power_of_2(num_regions))
     pixels = height * width
     step = config.scan_chunk if config.by_runs else config.chunk
@@ -280,6 +290,45 @@ def region_sums_pallas(
     if ones:
         sums = jnp.concatenate([sums, total[:, parts * parted][:, None]], axis=1)
     return jnp.swapaxes(sums[:, :, :num_regions], 1, 2)
+
+
+# Sharded over devices, each image's sums need only its own pixels: the kernels run on every
+# device's share of the batch. Without this rule XLA's SPMD partitioner, which cannot split
+# a kernel's custom call, would gather the whole batch onto every device and run it there.
+@functools.partial(custom_partitioning, static_argnums=(2, 3, 4, 5))
+def _batch_partitioned_sums(features, region_ids, num_regions, interpret, with_sizes, config):
+    return _sums(features, region_ids, num_regions, interpret, with_sizes, config)
+
+
+def _batch_sharding(mesh, arg_shapes) -> NamedSharding:
+    """The features' sharding of the batch axis (the first), nothing else sharded."""
+    sharding = arg_shapes[0].sharding
+    spec = sharding.spec if isinstance(sharding, NamedSharding) else PartitionSpec()
+    return NamedSharding(mesh, PartitionSpec(spec[0] if len(spec) else None))
+
+
+def _infer_sharding(num_regions, interpret, with_sizes, config, mesh, arg_shapes, result_shape):
+    del num_regions, interpret, with_sizes, config, result_shape
+    return _batch_sharding(mesh, arg_shapes)
+
+
+def _partition(num_regions, interpret, with_sizes, config, mesh, arg_shapes, result_shape):
+    del result_shape
+    batch = _batch_sharding(mesh, arg_shapes)
+    lower = functools.partial(
+        _sums, num_regions=num_regions, interpret=interpret, with_sizes=with_sizes,
+        config=config,
+    )  # fmt: skip
+    return mesh, lower, batch, (batch, batch)
+
+
+_batch_partitioned_sums.def_partition(
+    partition=_partition,
+    infer_sharding_from_operands=_infer_sharding,
+    # Pixels and channels stay whole on each device: a region's sum needs all its pixels.
+    sharding_rule="b h w c, b h w -> b k l",
+    need_replication_factors=("h", "w", "c"),
+)
 
 
 def _forward(features, region_ids, num_regions, interpret, with_sizes, config):
