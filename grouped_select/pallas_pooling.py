@@ -34,8 +34,7 @@ those, not to the run).
 GPU only (`interpret=True` runs the same kernels anywhere, slowly: how the tests check them).
 `benchmarks/pooling.py` times both beside the other implementations.
 Sharded over devices along the batch (the training step's data axis), each device runs the
-kernels on its own images (`custom_partitioning`): XLA's partitioner cannot split a kernel's
-custom call itself and would otherwise gather the whole batch onto every device.
+kernels on its own images (`partitioning.batch_partitioned`).
 """
 
 import functools
@@ -45,9 +44,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as pltriton
-from jax.sharding import NamedSharding, PartitionSpec
+
+from grouped_select.partitioning import batch_partitioned
 
 LANES = 16  # the fewest lanes (packed channel parts) a matrix product takes
 
@@ -292,42 +291,15 @@ def _sums(features, region_ids, num_regions, interpret, with_sizes, config):
     return jnp.swapaxes(sums[:, :, :num_regions], 1, 2)
 
 
-# Sharded over devices, each image's sums need only its own pixels: the kernels run on every
-# device's share of the batch. Without this rule XLA's SPMD partitioner, which cannot split
-# a kernel's custom call, would gather the whole batch onto every device and run it there.
-@functools.partial(custom_partitioning, static_argnums=(2, 3, 4, 5))
-def _batch_partitioned_sums(features, region_ids, num_regions, interpret, with_sizes, config):
-    return _sums(features, region_ids, num_regions, interpret, with_sizes, config)
-
-
-def _batch_sharding(mesh, arg_shapes) -> NamedSharding:
-    """The features' sharding of the batch axis (the first), nothing else sharded."""
-    sharding = arg_shapes[0].sharding
-    spec = sharding.spec if isinstance(sharding, NamedSharding) else PartitionSpec()
-    return NamedSharding(mesh, PartitionSpec(spec[0] if len(spec) else None))
-
-
-def _infer_sharding(num_regions, interpret, with_sizes, config, mesh, arg_shapes, result_shape):
-    del num_regions, interpret, with_sizes, config, result_shape
-    return _batch_sharding(mesh, arg_shapes)
-
-
-def _partition(num_regions, interpret, with_sizes, config, mesh, arg_shapes, result_shape):
-    del result_shape
-    batch = _batch_sharding(mesh, arg_shapes)
-    lower = functools.partial(
-        _sums, num_regions=num_regions, interpret=interpret, with_sizes=with_sizes,
-        config=config,
-    )  # fmt: skip
-    return mesh, lower, batch, (batch, batch)
-
-
-_batch_partitioned_sums.def_partition(
-    partition=_partition,
-    infer_sharding_from_operands=_infer_sharding,
-    # Pixels and channels stay whole on each device: a region's sum needs all its pixels.
+# Sharded over devices, each image's sums need only its own pixels: every device runs the
+# kernels on its share of the batch.
+_batch_partitioned_sums = batch_partitioned(
+    _sums,
+    num_arrays=2,
+    num_static=4,
+    num_batched=2,
     sharding_rule="b h w c, b h w -> b k l",
-    need_replication_factors=("h", "w", "c"),
+    replicated=("h", "w", "c"),  # a region's sum needs all its pixels
 )
 
 

@@ -181,3 +181,13 @@ def test_sharded_batch_runs_each_devices_images_on_that_device(config):
     grad = jax.jit(jax.grad(lambda f: jnp.sum(pool(f, ids)[..., :4] ** 2)))(features)
     want = jax.grad(lambda f: jnp.sum(regions.region_sums(f, ids, 23) ** 2))(features)
     np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-3 * float(jnp.abs(want).max()))
+
+
+def test_vmap_over_more_images_equals_segment_sum():
+    features, ids = _inputs((6, 9, 7, 3), 11)
+    features, ids = features.reshape(3, 2, 9, 7, 3), ids.reshape(3, 2, 9, 7)
+    got = jax.jit(jax.vmap(lambda f, i: region_sums_pallas(f, i, 11, True, True)))(features, ids)
+    want = jax.vmap(lambda f, i: regions.region_sums(f, i, 11))(features, ids)
+    atol = 1e-6 * float(jnp.abs(want).max())
+    np.testing.assert_allclose(got[..., :3], want, rtol=1e-5, atol=atol)
+    chex.assert_trees_all_equal(got[..., 3], jax.vmap(lambda i: regions.region_sizes(i, 11))(ids))
