@@ -24,7 +24,9 @@ Gradients are autodiff's of the same computations written with `jax.numpy`
 (`mlp_block_reference`, `layer_norm_qkv_reference`), recomputing the forward pass: the
 kernels keep no activations.
 
-GPU only; `interpret=True` runs a kernel in Pallas' interpreter anywhere (the tests). Not yet
+GPU only; `interpret=True` runs a kernel in Pallas' interpreter anywhere (the tests). Sharded
+over devices along the batch, each device runs the kernels on its own tokens
+(`partitioning.batch_partitioned`). Not yet
 timed on a GPU (written on 2026-11-28 without one; `config.model.block_kernels = "pallas"`,
 `--block-kernels pallas` in the benchmarks, `benchmarks/vit_kernels.py` alone).
 """
@@ -37,6 +39,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
+
+from grouped_select.partitioning import batch_partitioned
 
 
 class MlpWeights(NamedTuple):
@@ -309,6 +313,28 @@ def _mlp_forward(x, weights, eps, interpret, config):
     return out[:count].reshape(x.shape)
 
 
+@functools.cache
+def _partitioned(forward, rank: int):
+    """`forward(x, weights, eps, interpret, config)` on [B, ..., D] tokens, split over devices
+    along the batch when x is sharded so (`partitioning.batch_partitioned`; the weights
+    replicated): each token needs only its own row."""
+    if rank < 2:
+        return forward
+    tokens = " ".join(["b", *(f"t{i}" for i in range(rank - 2))])
+    if forward is _mlp_forward:  # LN scale, LN bias, w1 [D, H], b1, w2 [H, D], b2
+        rule, width = f"{tokens} d, d, d, d h, h, h d, d -> {tokens} d", "h"
+    else:  # LN scale, LN bias, then w [D, E] and b [E] for the query, the key and the value
+        outputs = ", ".join([f"{tokens} e"] * 3)
+        rule, width = f"{tokens} d, d, d, d e, e, d e, e, d e, e -> {outputs}", "e"
+    return batch_partitioned(
+        forward,
+        num_arrays=2,
+        num_static=3,
+        sharding_rule=rule,
+        replicated=(*tokens.split()[1:], "d", width),
+    )
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def fused_mlp_block(
     x: jax.Array,
@@ -329,11 +355,11 @@ def fused_mlp_block(
     Returns:
       [..., D] in x's dtype; equal to `mlp_block_reference` up to summation order.
     """
-    return _mlp_forward(x, weights, eps, interpret, config)
+    return _partitioned(_mlp_forward, x.ndim)(x, weights, eps, interpret, config)
 
 
 def _forward(x, weights, eps, interpret, config):
-    return _mlp_forward(x, weights, eps, interpret, config), (x, weights)
+    return _partitioned(_mlp_forward, x.ndim)(x, weights, eps, interpret, config), (x, weights)
 
 
 def _backward(eps, interpret, config, residuals, cotangent):
@@ -424,11 +450,12 @@ def fused_layer_norm_qkv(
       q, k, v: [..., D] each in x's dtype; equal to `layer_norm_qkv_reference` up to
       summation order.
     """
-    return _qkv_forward(x, weights, eps, interpret, config)
+    return _partitioned(_qkv_forward, x.ndim)(x, weights, eps, interpret, config)
 
 
 def _qkv_vjp_forward(x, weights, eps, interpret, config):
-    return _qkv_forward(x, weights, eps, interpret, config), (x, weights)
+    qkv = _partitioned(_qkv_forward, x.ndim)(x, weights, eps, interpret, config)
+    return qkv, (x, weights)
 
 
 def _qkv_vjp_backward(eps, interpret, config, residuals, cotangents):

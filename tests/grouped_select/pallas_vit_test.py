@@ -248,3 +248,27 @@ def test_vit_with_the_fused_kernels_equals_the_xla_blocks(monkeypatch):
     chex.assert_trees_all_close(grads, want_grads, rtol=1e-3, atol=1e-5)
     with pytest.raises(ValueError, match="not one of"):
         ViT(5, variant=variant, image_size=32, block_kernels="triton", rngs=nnx.Rngs(0))
+
+
+def test_sharded_tokens_run_on_their_own_devices():
+    """Over 8 devices along the batch, both kernels run on each device's tokens: the same
+    values, sharded like the batch, nothing gathered."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    x = jax.device_put(jax.random.normal(jax.random.key(3), (16, 5, 64)), batch)
+    mlp_weights, qkv_weights = _weights(64, 128), _qkv_weights(64)
+
+    def both(x, mlp_weights, qkv_weights):
+        return fused_mlp_block(x, mlp_weights, 1e-6, True), fused_layer_norm_qkv(
+            x, qkv_weights, 1e-6, True
+        )
+
+    run = jax.jit(both)
+    (mlp, qkv) = run(x, mlp_weights, qkv_weights)
+    for out in (mlp, *qkv):
+        assert out.sharding.is_equivalent_to(batch, out.ndim)
+    chex.assert_trees_all_close(mlp, mlp_block_reference(x, mlp_weights, 1e-6), atol=2e-5)
+    chex.assert_trees_all_close(
+        qkv, layer_norm_qkv_reference(x, qkv_weights, 1e-6), rtol=1e-5, atol=2e-5
+    )
+    assert "all-gather" not in run.lower(x, mlp_weights, qkv_weights).compile().as_text()
