@@ -33,7 +33,7 @@ def batch_partitioned(
       num_arrays: how many leading arguments are arrays (or pytrees of arrays).
       num_static: how many static arguments follow them.
       num_batched: how many of the arrays, from the first, share x's batch axis (sharded with
-        it); the others are replicated.
+        it; plain arrays, not pytrees); the others are replicated.
       sharding_rule: Shardy's einsum-like rule over the flattened arrays, the batch factor
         first in x and in every output (e.g. "b h w c, b h w -> b k l").
       replicated: the rule's factors that must not be sharded (all but the batch).
@@ -44,8 +44,8 @@ def batch_partitioned(
       running `kernel` on its share (of the first `num_batched` arrays); the other arrays are
       replicated (gathered if sharded).
     """
-    static = tuple(range(num_arrays, num_arrays + num_static))
-    wrapped = custom_partitioning(kernel, static_argnums=static)
+    static_argnums = tuple(range(num_arrays, num_arrays + num_static))
+    wrapped = custom_partitioning(kernel, static_argnums=static_argnums)
 
     def batch_sharding(mesh, arg_shapes) -> NamedSharding:
         sharding = arg_shapes[0].sharding
