@@ -26,9 +26,9 @@ kernels keep no activations.
 
 GPU only; `interpret=True` runs a kernel in Pallas' interpreter anywhere (the tests). Sharded
 over devices along the batch, each device runs the kernels on its own tokens
-(`partitioning.batch_partitioned`). Not yet
-timed on a GPU (written on 2026-11-28 without one; `config.model.block_kernels = "pallas"`,
-`--block-kernels pallas` in the benchmarks, `benchmarks/vit_kernels.py` alone).
+(`partitioning.batch_partitioned`). Not yet timed on a GPU (written on 2026-11-28 without
+one; `config.model.block_kernels = "pallas"`, `--block-kernels pallas` in the benchmarks,
+`benchmarks/vit_kernels.py` alone).
 """
 
 import functools
