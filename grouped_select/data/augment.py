@@ -75,8 +75,20 @@ def _nearest_index(start: float, length: float, out: int, limit: int) -> np.ndar
     return np.clip(idx, 0, limit - 1)
 
 
+def _take_nearest(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    # values[np.ix_(rows, cols)], as two 1-D takes: whole rows first, then columns (~5x faster
+    # at 224^2, where one ix_ gather costs ~0.3 ms per array).
+    return values.take(rows, axis=0).take(cols, axis=1)
+
+
 def crop_and_resize(
-    image: np.ndarray, region_ids: np.ndarray, mask: np.ndarray, box: Box, out_size: int
+    image: np.ndarray,
+    region_ids: np.ndarray,
+    mask: np.ndarray,
+    box: Box,
+    out_size: int,
+    *,
+    flip: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Crops `box` from all three arrays and resizes it to out_size x out_size.
 
@@ -86,10 +98,12 @@ def crop_and_resize(
       mask: [H, W] uint8 / bool.
       box: (top, left, height, width) in source pixels.
       out_size: S.
+      flip: also flip the result horizontally (the same as reversing the outputs' columns,
+        without a strided copy of each array).
 
     Returns:
       image [S, S, 3] uint8 (bilinear, antialiased), region_ids [S, S] and mask [S, S]
-      (nearest neighbour, same dtypes as given).
+      (nearest neighbour, same dtypes as given), all C-contiguous.
     """
     top, left, h, w = box
     height, width = region_ids.shape
@@ -97,7 +111,14 @@ def crop_and_resize(
     out = Image.fromarray(image).resize((out_size, out_size), Image.Resampling.BILINEAR, pil_box)
     rows = _nearest_index(top, h, out_size, height)
     cols = _nearest_index(left, w, out_size, width)
-    return np.asarray(out), region_ids[np.ix_(rows, cols)], mask[np.ix_(rows, cols)]
+    if flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        cols = cols[::-1]
+    return (
+        np.asarray(out),
+        _take_nearest(region_ids, rows, cols),
+        _take_nearest(mask, rows, cols),
+    )
 
 
 def _finish(
@@ -146,10 +167,9 @@ def train_augment(
     """
     height, width = region_ids.shape
     box = random_resized_crop_box(rng, height, width, scale=crop_scale, ratio=crop_ratio)
-    image, region_ids, mask = crop_and_resize(image, region_ids, mask, box, image_size)
-    if hflip and rng.random() < 0.5:
-        image, region_ids, mask = image[:, ::-1], region_ids[:, ::-1], mask[:, ::-1]
-    out = _finish(image, region_ids, mask, num_regions)
+    flip = hflip and rng.random() < 0.5
+    view = crop_and_resize(image, region_ids, mask, box, image_size, flip=flip)
+    out = _finish(*view, num_regions)
     if jitter is not None:
         b, c, s, h = jitter
         out.update(sample_color_jitter(rng, brightness=b, contrast=c, saturation=s, hue=h))

@@ -62,8 +62,8 @@ def _output(example: Mapping[str, Any], view: Mapping[str, np.ndarray], valid: b
     mask = view["mask"] if has_mask else np.zeros_like(view["mask"])
     out = {
         "image": view["image"],
-        "region_ids": view["region_ids"].astype(np.int32),
-        "mask": mask.astype(np.uint8),
+        "region_ids": np.asarray(view["region_ids"], np.int32),
+        "mask": np.asarray(mask, np.uint8),
         "label": np.int32(example["label"]),
         "has_mask": np.bool_(has_mask),
         "valid": np.bool_(valid),

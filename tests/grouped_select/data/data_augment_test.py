@@ -144,3 +144,25 @@ def test_color_jitter_parameters_change_image_only():
     singles = [color.sample_color_jitter(one_by_one) for _ in range(3)]
     for k in ("jitter_factors", "jitter_order"):
         np.testing.assert_array_equal(stacked[k], np.stack([d[k] for d in singles]))
+
+
+@pytest.mark.parametrize("box", [(8, 16, 16, 16), (3.5, 1.25, 40.0, 61.5), (0, 0, 48, 64)])
+def test_crop_and_resize_flip_reverses_the_columns_of_all_three(box):
+    image, ids, mask, _, _ = _scene()
+    plain = augment.crop_and_resize(image, ids, mask, box, 40)
+    flipped = augment.crop_and_resize(image, ids, mask, box, 40, flip=True)
+    for a, b in zip(plain, flipped, strict=True):
+        np.testing.assert_array_equal(b, a[:, ::-1])
+        assert b.flags.c_contiguous and b.dtype == a.dtype
+
+
+def test_crop_and_resize_ids_are_the_nearest_source_pixel():
+    # Against the formula, pixel by pixel: the source pixel containing each output pixel centre.
+    image, ids, mask, _, _ = _scene()
+    top, left, h, w = 5.25, 7.5, 30.0, 41.0
+    _, out_ids, out_mask = augment.crop_and_resize(image, ids, mask, (top, left, h, w), 23)
+    for i in range(23):
+        for j in range(23):
+            r = min(int(np.floor(top + (i + 0.5) * h / 23)), ids.shape[0] - 1)
+            c = min(int(np.floor(left + (j + 0.5) * w / 23)), ids.shape[1] - 1)
+            assert out_ids[i, j] == ids[r, c] and out_mask[i, j] == mask[r, c]

@@ -19,6 +19,21 @@ def test_relabel_consecutive_keeps_order_and_fills_gaps():
     np.testing.assert_array_equal(out, [[1, 1, 2], [0, 2, 1]])
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64])
+def test_relabel_consecutive_matches_the_sorted_unique_ids(dtype):
+    rng = np.random.default_rng(0)
+    ids = rng.choice(np.array([0, 3, 4, 9, 17, 120], dtype), size=(13, 11))
+    out, n = superpixels.relabel_consecutive(ids)
+    values, inverse = np.unique(ids, return_inverse=True)
+    assert out.dtype == np.int32 and n == len(values) == 6
+    np.testing.assert_array_equal(out, inverse.reshape(ids.shape))
+
+
+def test_relabel_consecutive_rejects_negative_ids():
+    with pytest.raises(ValueError, match="non-negative"):
+        superpixels.relabel_consecutive(np.array([[0, -1]]))
+
+
 def test_limit_regions_merges_smallest_into_longest_border():
     ids = _blocks(2, 3, 4)  # 6 regions of 16 pixels.
     ids[0, 0] = 99  # Region 99: 1 pixel inside region 0 -> must merge into 0.
