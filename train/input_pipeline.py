@@ -74,9 +74,13 @@ class Data:
         )
 
 
-def _slic(d: ml_collections.ConfigDict) -> dict:
+def _stored(d: ml_collections.ConfigDict) -> dict:
+    """The settings of the stored examples shared by every builder: SLIC's and the format."""
     return dict(
-        n_segments=d.slic_segments, compactness=d.slic_compactness, num_regions=d.num_regions
+        n_segments=d.slic_segments,
+        compactness=d.slic_compactness,
+        num_regions=d.num_regions,
+        image_format=d.image_format,
     )
 
 
@@ -97,7 +101,7 @@ def create(config: ml_collections.ConfigDict) -> Data:
             num_test=d.builtin.num_test,
             seed=d.builtin.seed,
             background_correlation=d.builtin.background_correlation,
-            **_slic(d),
+            **_stored(d),
         )
     elif d.name == "folders":
         if not d.root:
@@ -111,13 +115,13 @@ def create(config: ml_collections.ConfigDict) -> Data:
             layout=d.layout,
             mask_pairing=d.mask_pairing,
             crop_to_mask=d.crop_to_mask,
-            **_slic(d),
+            **_stored(d),
         )
     elif d.name == "tfds":
         if not d.tfds_name:
             raise ValueError("config.data.name='tfds' needs config.data.tfds_name, e.g. 'cifar10'.")
         builder = builders.prepare_from_tfds(
-            d.tfds_name, data_dir, source_data_dir=d.root or None, **_slic(d)
+            d.tfds_name, data_dir, source_data_dir=d.root or None, **_stored(d)
         )
     else:
         raise ValueError(f"config.data.name={d.name!r} is not one of {DATASETS}.")

@@ -24,6 +24,7 @@ from grouped_select.data.augment import (
     train_augment,
 )
 from grouped_select.data.builders import (
+    IMAGE_FORMATS,
     TFDS_CATALOG,
     P2pFolders,
     P2pShapes,
@@ -62,6 +63,7 @@ __all__ = [
     "DEFAULT_COMPACTNESS",
     "DEFAULT_NUM_REGIONS",
     "DEFAULT_N_SEGMENTS",
+    "IMAGE_FORMATS",
     "JITTER_KEYS",
     "LAYOUTS",
     "SHAPE_NAMES",

@@ -27,8 +27,11 @@ from grouped_select.data.superpixels import (
     slic_fingerprint,
 )
 from grouped_select.data.tfds_common import (
+    IMAGE_FORMATS,
     Builder,
+    check_image_format,
     example_features,
+    named_settings,
     prepare,
     settings_name,
     stored_example,
@@ -46,6 +49,7 @@ from grouped_select.data.user_builders import (
 )
 
 __all__ = [
+    "IMAGE_FORMATS",
     "SHAPES_SPLITS",
     "TFDS_CATALOG",
     "FolderConfig",
@@ -84,6 +88,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
     n_segments: int = DEFAULT_N_SEGMENTS
     compactness: float = DEFAULT_COMPACTNESS
     num_regions: int = DEFAULT_NUM_REGIONS
+    image_format: str = "png"
 
 
 def shapes_config(
@@ -98,6 +103,7 @@ def shapes_config(
     n_segments: int = DEFAULT_N_SEGMENTS,
     compactness: float = DEFAULT_COMPACTNESS,
     num_regions: int = DEFAULT_NUM_REGIONS,
+    image_format: str = "png",
 ) -> ShapesConfig:
     """A `ShapesConfig` named "<size>px[_bg<pct>]-<hash of all settings>".
 
@@ -110,7 +116,9 @@ def shapes_config(
       class_proportions: 8 weights, one per class (None: balanced).
       n_segments, compactness: SLIC settings.
       num_regions: K, the bound on stored region ids.
+      image_format: "png" (lossless) or "jpeg" (faster to read; `tfds_common`).
     """
+    check_image_format(image_format)
     settings = dict(
         image_size=image_size,
         num_train=num_train,
@@ -122,6 +130,7 @@ def shapes_config(
         n_segments=n_segments,
         compactness=float(compactness),
         num_regions=num_regions,
+        image_format=image_format,
     )
     prefix = f"{image_size}px"
     if background_correlation:
@@ -129,7 +138,7 @@ def shapes_config(
     slic_id = slic_fingerprint(
         n_segments=n_segments, compactness=compactness, num_regions=num_regions
     )
-    name = settings_name(prefix, {**settings, "slic": slic_id})
+    name = settings_name(prefix, {**named_settings(settings), "slic": slic_id})
     description = (
         f"{len(synthetic.SHAPE_NAMES)} shape classes on natural/procedural backgrounds, "
         f"{image_size}x{image_size}; " + ", ".join(f"{k}={v}" for k, v in settings.items())
@@ -138,10 +147,10 @@ def shapes_config(
 
 
 def _shapes_example(task: tuple) -> tuple[int, dict]:
-    index, label, background, seed, split_index, image_size, slic_kwargs = task
+    index, label, background, seed, split_index, image_size, slic_kwargs, image_format = task
     rng = synthetic.example_rng(seed, split_index, index)
     drawn = synthetic.render_example(rng, label=label, background=background, image_size=image_size)
-    example = stored_example(drawn["image"], drawn["mask"], label, slic_kwargs)
+    example = stored_example(drawn["image"], drawn["mask"], label, slic_kwargs, image_format)
     example["background"] = int(background)
     return index, example
 
@@ -167,6 +176,7 @@ class P2pShapes(Builder):
                 synthetic.SHAPE_NAMES,
                 num_regions=cfg.num_regions,
                 image_shape=(size, size, 3),
+                image_format=cfg.image_format,
                 extra={"background": tfds.features.ClassLabel(names=synthetic.BACKGROUND_NAMES)},
             ),
             supervised_keys=("image", "label"),
@@ -195,7 +205,7 @@ class P2pShapes(Builder):
         slic_kwargs = dict(
             n_segments=cfg.n_segments, compactness=cfg.compactness, num_regions=cfg.num_regions
         )
-        common = (cfg.seed, split_index, cfg.image_size, slic_kwargs)
+        common = (cfg.seed, split_index, cfg.image_size, slic_kwargs, cfg.image_format)
         tasks = ((i, int(labels[i]), int(backgrounds[i]), *common) for i in range(num_examples))
         yield from parallel_map(
             _shapes_example,
@@ -219,6 +229,7 @@ def prepare_shapes(
     n_segments: int = DEFAULT_N_SEGMENTS,
     compactness: float = DEFAULT_COMPACTNESS,
     num_regions: int = DEFAULT_NUM_REGIONS,
+    image_format: str = "png",
     num_workers: int | None = None,
 ) -> P2pShapes:
     """Prepares the built-in benchmark in data_dir (reused if already there) and returns it.
@@ -240,6 +251,7 @@ def prepare_shapes(
         n_segments=n_segments,
         compactness=compactness,
         num_regions=num_regions,
+        image_format=image_format,
     )
     # tfds refuses a config object named like a predefined one: pass the name then.
     predefined = config.name in P2pShapes.builder_configs

@@ -27,7 +27,9 @@ from grouped_select.data.superpixels import (
 )
 from grouped_select.data.tfds_common import (
     Builder,
+    check_image_format,
     example_features,
+    named_settings,
     prepare,
     settings_name,
     stored_example,
@@ -47,6 +49,7 @@ def _resized_example(
     min_size: int | None,
     max_size: int | None,
     slic_kwargs: dict,
+    image_format: str,
     crop_to_mask: bool = False,
 ) -> dict:
     if mask is not None and mask.shape != image.shape[:2]:
@@ -68,11 +71,13 @@ def _resized_example(
         min_size=min_size,
         max_size=max_size,
     )
-    return stored_example(resized, None if mask is None else resized_mask, label, slic_kwargs)
+    return stored_example(
+        resized, None if mask is None else resized_mask, label, slic_kwargs, image_format
+    )
 
 
 def _record_example(task: tuple) -> tuple[str, dict | None, str | None]:
-    record, min_size, max_size, slic_kwargs, crop_to_mask = task
+    record, min_size, max_size, slic_kwargs, image_format, crop_to_mask = task
     try:
         image = folders.read_image(record.image)
         mask = None if record.mask is None else folders.read_mask(record.mask)
@@ -80,7 +85,15 @@ def _record_example(task: tuple) -> tuple[str, dict | None, str | None]:
         return record.key, None, str(e)
     where = record.image if record.mask is None else f"{record.image} / {record.mask}"
     example = _resized_example(
-        image, mask, record.label, where, min_size, max_size, slic_kwargs, crop_to_mask
+        image,
+        mask,
+        record.label,
+        where,
+        min_size,
+        max_size,
+        slic_kwargs,
+        image_format,
+        crop_to_mask,
     )
     return record.key, example, None
 
@@ -124,6 +137,7 @@ class FolderConfig(tfds.core.BuilderConfig):
     n_segments: int = DEFAULT_N_SEGMENTS
     compactness: float = DEFAULT_COMPACTNESS
     num_regions: int = DEFAULT_NUM_REGIONS
+    image_format: str = "png"
 
 
 def folder_config(
@@ -139,6 +153,7 @@ def folder_config(
     n_segments: int = DEFAULT_N_SEGMENTS,
     compactness: float = DEFAULT_COMPACTNESS,
     num_regions: int = DEFAULT_NUM_REGIONS,
+    image_format: str = "png",
 ) -> FolderConfig:
     """A `FolderConfig` named "<name or layout>-<hash of settings>" (the root is not hashed).
 
@@ -153,7 +168,10 @@ def folder_config(
       min_size, max_size: the stored images' shorter side is clamped into this range
         (256 keeps ImageNet-size images ready for 224 crops; None: no limit).
       n_segments, compactness, num_regions: SLIC settings and the region bound K.
+      image_format: stored images as "png" (lossless) or "jpeg" (faster to read; see
+        `tfds_common`).
     """
+    check_image_format(image_format)
     root = os.fspath(root)
     folders.layout_spec(layout, root)  # Fail early on an unknown layout.
     settings = dict(
@@ -166,12 +184,13 @@ def folder_config(
         n_segments=n_segments,
         compactness=float(compactness),
         num_regions=num_regions,
+        image_format=image_format,
     )
     slic_id = slic_fingerprint(
         n_segments=n_segments, compactness=compactness, num_regions=num_regions
     )
     return FolderConfig(
-        name=settings_name(name or layout, {**settings, "slic": slic_id}),
+        name=settings_name(name or layout, {**named_settings(settings), "slic": slic_id}),
         description=f"{layout} layout from {root}",
         root=root,
         **settings,
@@ -207,7 +226,9 @@ class P2pFolders(Builder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=cfg.description,
-            features=example_features(self._class_names(), num_regions=cfg.num_regions),
+            features=example_features(
+                self._class_names(), num_regions=cfg.num_regions, image_format=cfg.image_format
+            ),
             supervised_keys=("image", "label"),
             metadata=tfds.core.MetadataDict(),
         )
@@ -241,7 +262,7 @@ class P2pFolders(Builder):
         slic_kwargs = dict(
             n_segments=cfg.n_segments, compactness=cfg.compactness, num_regions=cfg.num_regions
         )
-        common = (cfg.min_size, cfg.max_size, slic_kwargs, cfg.crop_to_mask)
+        common = (cfg.min_size, cfg.max_size, slic_kwargs, cfg.image_format, cfg.crop_to_mask)
         tasks = ((r, *common) for r in records)
         yield from _write_split(self, split, tasks, len(records), _record_example)
 
@@ -260,6 +281,7 @@ def prepare_folders(
     n_segments: int = DEFAULT_N_SEGMENTS,
     compactness: float = DEFAULT_COMPACTNESS,
     num_regions: int = DEFAULT_NUM_REGIONS,
+    image_format: str = "png",
     num_workers: int | None = None,
 ) -> P2pFolders:
     """Prepares a folder-layout dataset into data_dir (reused if there); see `folder_config`.
@@ -279,6 +301,7 @@ def prepare_folders(
         n_segments=n_segments,
         compactness=compactness,
         num_regions=num_regions,
+        image_format=image_format,
     )
     return prepare(P2pFolders, config, data_dir, num_workers)
 
@@ -315,6 +338,7 @@ class TfdsSourceConfig(tfds.core.BuilderConfig):
     n_segments: int = DEFAULT_N_SEGMENTS
     compactness: float = DEFAULT_COMPACTNESS
     num_regions: int = DEFAULT_NUM_REGIONS
+    image_format: str = "png"
 
 
 def tfds_source_config(
@@ -331,6 +355,7 @@ def tfds_source_config(
     n_segments: int = DEFAULT_N_SEGMENTS,
     compactness: float = DEFAULT_COMPACTNESS,
     num_regions: int = DEFAULT_NUM_REGIONS,
+    image_format: str = "png",
 ) -> TfdsSourceConfig:
     """Config for a catalog dataset; defaults for names in TFDS_CATALOG fill unset arguments.
 
@@ -344,7 +369,10 @@ def tfds_source_config(
       min_size, max_size: clamp of the stored shorter side (cifar10 at 224: min_size=256,
         like the reference's resize 256).
       n_segments, compactness, num_regions: SLIC settings and the region bound K.
+      image_format: stored images as "png" (lossless) or "jpeg" (faster to read; see
+        `tfds_common`).
     """
+    check_image_format(image_format)
     defaults = TFDS_CATALOG.get(source.split("/")[0], {})
     settings = dict(
         source=source,
@@ -360,13 +388,14 @@ def tfds_source_config(
         n_segments=n_segments,
         compactness=float(compactness),
         num_regions=num_regions,
+        image_format=image_format,
     )
     slic_id = slic_fingerprint(
         n_segments=n_segments, compactness=compactness, num_regions=num_regions
     )
     prefix = source.replace("/", "_").replace(":", "_").replace(".", "_")
     return TfdsSourceConfig(
-        name=settings_name(prefix, {**settings, "slic": slic_id}),
+        name=settings_name(prefix, {**named_settings(settings), "slic": slic_id}),
         description=f"{source} with SLIC superpixels",
         source_data_dir=None if source_data_dir is None else os.fspath(source_data_dir),
         **settings,
@@ -374,7 +403,7 @@ def tfds_source_config(
 
 
 def _source_example(task: tuple) -> tuple[str, dict | None, str | None]:
-    key, image, mask, label, min_size, max_size, slic_kwargs = task
+    key, image, mask, label, min_size, max_size, slic_kwargs, image_format = task
     image = np.asarray(image, dtype=np.uint8)
     if image.ndim == 2:
         image = image[..., None]
@@ -382,7 +411,9 @@ def _source_example(task: tuple) -> tuple[str, dict | None, str | None]:
         image = np.repeat(image, 3, axis=-1)
     elif image.shape[-1] == 4:
         image = image[..., :3]
-    example = _resized_example(image, mask, label, key, min_size, max_size, slic_kwargs)
+    example = _resized_example(
+        image, mask, label, key, min_size, max_size, slic_kwargs, image_format
+    )
     return key, example, None
 
 
@@ -411,7 +442,9 @@ class P2pTfds(Builder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=cfg.description,
-            features=example_features(names, num_regions=cfg.num_regions),
+            features=example_features(
+                names, num_regions=cfg.num_regions, image_format=cfg.image_format
+            ),
             supervised_keys=("image", "label"),
             metadata=tfds.core.MetadataDict(),
         )
@@ -440,7 +473,8 @@ class P2pTfds(Builder):
                     mask = seg != cfg.mask_background
                 key = f"{source_split}/{i}"
                 label = int(ex[cfg.label_key])
-                yield key, ex[cfg.image_key], mask, label, cfg.min_size, cfg.max_size, slic_kwargs
+                size = (cfg.min_size, cfg.max_size)
+                yield key, ex[cfg.image_key], mask, label, *size, slic_kwargs, cfg.image_format
 
         yield from _write_split(self, split, tasks(), len(src), _source_example)
 
@@ -460,6 +494,7 @@ def prepare_from_tfds(
     n_segments: int = DEFAULT_N_SEGMENTS,
     compactness: float = DEFAULT_COMPACTNESS,
     num_regions: int = DEFAULT_NUM_REGIONS,
+    image_format: str = "png",
     num_workers: int | None = None,
 ) -> P2pTfds:
     """Prepares a catalog tfds dataset with superpixels into data_dir; see `tfds_source_config`.
@@ -480,5 +515,6 @@ def prepare_from_tfds(
         n_segments=n_segments,
         compactness=compactness,
         num_regions=num_regions,
+        image_format=image_format,
     )
     return prepare(P2pTfds, config, data_dir, num_workers)

@@ -38,6 +38,8 @@ def test_paper_hyperparameters(name):
     assert tuple(config.p2p.certainties) == (0.8, 0.9, 0.95, 0.99)
     assert (config.data.slic_segments, config.data.slic_compactness) == (100, 20.0)
     assert config.data.image_size == 224 and config.eval_every_epochs == 10
+    # Read from disk every epoch (not cached), so stored in the format that decodes faster.
+    assert not config.data.cache_in_memory and config.data.image_format == "jpeg"
 
 
 def test_paper_model_has_the_published_parameter_counts():

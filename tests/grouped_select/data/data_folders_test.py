@@ -169,6 +169,24 @@ def test_missing_split_and_unknown_layout_errors(tmp_path):
         _prepare(tmp_path / "empty", tmp_path, "folders")
 
 
+def test_folder_layout_stored_as_jpeg(tmp_path):
+    root = tmp_path / "generic"
+    sources = [
+        _write_image(root / f"train/{c}/{i}.png", (30, 36), seed=i) for c in "ab" for i in (0, 1)
+    ]
+    png = _prepare(root, tmp_path / "png", "folders")
+    jpeg = _prepare(root, tmp_path / "jpeg", "folders", image_format="jpeg")
+    assert jpeg.info.features["image"].encoding_format == "jpeg"
+    assert jpeg.builder_config.name != png.builder_config.name
+    lossless = {e["image"].tobytes() for e in _all(png, "train")}
+    assert lossless == {a.tobytes() for a in sources}
+    for e in _all(jpeg, "train"):
+        assert e["image"].tobytes() not in lossless  # Noise images: JPEG changes them.
+        np.testing.assert_array_equal(
+            e["region_ids"], data.slic_regions(e["image"], n_segments=100, compactness=20.0)
+        )
+
+
 class FakePets(tfds.core.GeneratorBasedBuilder):
     """Stand-in for a prepared catalog dataset with a trimap (oxford_iiit_pet's features)."""
 
