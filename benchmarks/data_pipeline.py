@@ -3,9 +3,11 @@
 Measures, on this machine:
   * render and SLIC time per image (one process) at 64^2 and 224^2;
   * preparation of the built-in benchmark (render + SLIC + write, all cores), images/s;
-  * the cost of each training-pipeline stage per example (read + decode, crop, flip, drawing
-    the colour-jitter parameters, relabel), one core, and of the colour jitter + normalisation
-    that the training step applies to the uint8 batch (on this machine's JAX device);
+  * the cost of each training-pipeline stage per example (read + decode, crop + resize +
+    flip, drawing the colour-jitter parameters, relabel) and of all of them together, one
+    core, for each stored image format (PNG, JPEG: the same images), and of the colour jitter
+    + normalisation that the training step applies to the uint8 batch (on this machine's JAX
+    device);
   * training pipeline throughput (decode + random resized crop + flip + jitter parameters +
     relabel + batch), images/s, for several grain worker counts;
   * evaluation pipeline throughput.
@@ -15,6 +17,7 @@ Usage:
 """
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -29,7 +32,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.color_jitter import time_jitter  # noqa: E402
 from grouped_select import data  # noqa: E402
-from grouped_select.data import augment, superpixels, synthetic  # noqa: E402
+from grouped_select.data import augment, pipeline, superpixels, synthetic  # noqa: E402
 
 
 def _time_per_item(fn, n: int) -> float:
@@ -76,9 +79,10 @@ def _throughput(iterator, batch_size: int, batches: int, warmup: int) -> float:
 
 
 def _stage_costs(source, image_size: int, n: int = 100, batch_size: int = 64) -> dict:
-    """Milliseconds per example of each training-pipeline stage, one core, in order; then the
-    colour jitter and normalisation that the training step runs on the accelerator (here on
-    this machine's default JAX device), per example of a batch."""
+    """Milliseconds per example of each training-pipeline stage, one core, in order, and of the
+    whole per-example work (read + `pipeline._train_map`, as grain runs it); then the colour
+    jitter and normalisation that the training step runs on the accelerator (here on this
+    machine's default JAX device), per example of a batch."""
     rng = np.random.default_rng(0)
     examples = [source[i % len(source)] for i in range(n)]  # warm the reader
     start = time.perf_counter()
@@ -95,16 +99,29 @@ def _stage_costs(source, image_size: int, n: int = 100, batch_size: int = 64) ->
         image, ids = np.asarray(example["image"]), np.asarray(example["region_ids"])
         height, width = ids.shape
         box = augment.random_resized_crop_box(rng, height, width, scale=(0.08, 1.0))
-        return augment.crop_and_resize(image, ids, np.asarray(example["mask"]), box, image_size)
+        flip = rng.random() < 0.5
+        mask = np.asarray(example["mask"])
+        return augment.crop_and_resize(image, ids, mask, box, image_size, flip=flip)
 
-    views = stage("crop_and_resize", crop, examples)
-    images = stage("flip", lambda v: np.ascontiguousarray(v[0][:, ::-1]), views)
-    params = stage("jitter_parameters", lambda _: data.sample_color_jitter(rng), images)
+    views = stage("crop_resize_and_flip", crop, examples)
+    params = stage("jitter_parameters", lambda _: data.sample_color_jitter(rng), views)
     num_regions = data.DEFAULT_NUM_REGIONS
     stage("relabel", lambda v: superpixels.limit_regions(v[1], num_regions), views)
-    costs["host_total_ms"] = sum(costs.values())
+    costs["stages_total_ms"] = sum(costs.values())
 
-    batch = np.stack([images[i % n] for i in range(batch_size)])
+    train_map = functools.partial(
+        pipeline._train_map,
+        image_size=image_size,
+        num_regions=num_regions,
+        crop_scale=(0.08, 1.0),
+        jitter=(0.4, 0.4, 0.4, 0.2),
+    )
+    start = time.perf_counter()
+    for i in range(n):
+        train_map(source[i % len(source)], rng)
+    costs["host_ms_per_example"] = 1e3 * (time.perf_counter() - start) / n
+
+    batch = np.stack([views[i % n][0] for i in range(batch_size)])
     factors, order = (
         np.stack([params[i % n][k] for i in range(batch_size)]) for k in data.JITTER_KEYS
     )
@@ -152,9 +169,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--worker-counts", default="0,2")
     parser.add_argument("--slic-images", type=int, default=50)
+    parser.add_argument("--stage-examples", type=int, default=300, help="examples per stage")
     parser.add_argument("--num-train-224", type=int, default=512)
     parser.add_argument("--sizes", default="64,224", help="image sizes to measure: 64, 224")
+    parser.add_argument(
+        "--image-formats", default="png,jpeg", help="stored image formats to measure: png, jpeg"
+    )
     args = parser.parse_args()
+    formats = args.image_formats.split(",")
+    if not set(formats) <= set(data.IMAGE_FORMATS):
+        parser.error(f"--image-formats takes {data.IMAGE_FORMATS}, got {args.image_formats}")
     workers = [int(w) for w in args.worker_counts.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
     if not set(sizes) <= {64, 224}:
@@ -191,7 +215,8 @@ def main() -> None:
                 num_test=4 * args.batch_size,
             ),
         }
-        for plan in (plan_for_size[size] for size in sizes):
+        plans = [{**plan_for_size[size], "image_format": f} for size in sizes for f in formats]
+        for plan in plans:
             config = data.shapes_config(**plan)
             fresh = not (pathlib.Path(data_dir) / "p2p_shapes" / config.name).exists()
             start = time.perf_counter()
@@ -213,14 +238,18 @@ def main() -> None:
                 flush=True,
             )
             costs = _stage_costs(
-                builder.as_data_source()["train"], plan["image_size"], batch_size=args.batch_size
+                builder.as_data_source()["train"],
+                plan["image_size"],
+                n=args.stage_examples,
+                batch_size=args.batch_size,
             )
-            result["stages"].append({"image_size": plan["image_size"], **costs})
+            labels = {"image_size": plan["image_size"], "image_format": plan["image_format"]}
+            result["stages"].append({**labels, **costs})
             print("  per example: " + ", ".join(f"{k} {v}" for k, v in costs.items()))
             for r in _pipeline_speed(
                 builder, plan["image_size"], args.batch_size, args.batches, workers
             ):
-                result["pipeline"].append({"image_size": plan["image_size"], **r})
+                result["pipeline"].append({**labels, **r})
 
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,9 @@ def summary_lines(name: str, data: dict) -> list[str]:
         where = "/".join(path) or kind
         if "pipeline" in entry:  # data_pipeline.py's rows
             where = f"{entry['pipeline']} pipeline, {entry.get('worker_count')} workers"
-            where += f", {entry.get('image_size')}² (host CPU)"
+            where += f", {entry.get('image_size')}²"
+            where += f" {entry['image_format']}" if "image_format" in entry else ""
+            where += " (host CPU)"
         label = f"{name}: {where}"
         if "error" in entry:
             lines.append(f"{label}: FAILED {str(entry['error'])[:120]}")

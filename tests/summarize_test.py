@@ -37,3 +37,15 @@ def test_a_folder_of_results(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "jitter.json: color_jitter [NVIDIA H200]: 0.650 ms" in out
     assert "broken.json: unreadable" in out
+
+
+def test_data_pipeline_rows_name_the_stored_format():
+    train = {"pipeline": "train", "worker_count": 16, "images_per_s": 7250.4}
+    evaluation = {"pipeline": "eval", "worker_count": 0, "images_per_s": 700.0}
+    rows = {"pipeline": [{"image_size": 224, "image_format": "jpeg", **train},
+                         {"image_size": 224, **evaluation}]}  # fmt: skip
+    lines = summarize.summary_lines("d.json", rows)
+    assert lines == [
+        "d.json: train pipeline, 16 workers, 224² jpeg (host CPU) [?]: 7,250 images/s",
+        "d.json: eval pipeline, 0 workers, 224² (host CPU) [?]: 700 images/s",
+    ]
