@@ -34,6 +34,8 @@ class Data:
     class_names: list[str]
     train_split: str
     eval_split: str
+    # The training split opened without decoding the masks (`builders.training_source`).
+    train_source: Sequence | None = None
 
     @property
     def num_classes(self) -> int:
@@ -46,8 +48,9 @@ class Data:
     def train_iterator(self, config: ml_collections.ConfigDict, seed: int):
         """Endless shuffled, augmented training batches for this process (checkpointable)."""
         d = config.data
+        source = self.sources[self.train_split] if self.train_source is None else self.train_source
         return pipeline.train_iterator(
-            self.sources[self.train_split],
+            source,
             global_batch_size=config.optim.batch_size,
             image_size=d.image_size,
             num_regions=d.num_regions,
@@ -133,7 +136,8 @@ def create(config: ml_collections.ConfigDict) -> Data:
                 f"{sorted(sources)}."
             )
     names = list(builder.info.features["label"].names)
-    return Data(sources, names, d.train_split, d.eval_split)
+    train_source = builders.training_source(builder, d.train_split)
+    return Data(sources, names, d.train_split, d.eval_split, train_source)
 
 
 def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -6,8 +6,8 @@ Typical use (built-in benchmark at 64x64)::
 
     builder = data.prepare_shapes("~/tensorflow_datasets", image_size=64)
     sources = builder.as_data_source()  # {"train", "validation", "test"}
-    train = data.train_iterator(
-        sources["train"], global_batch_size=64, image_size=64, num_regions=128, seed=0
+    train = data.train_iterator(  # the train split, image and mask left encoded until used
+        data.training_source(builder), global_batch_size=64, image_size=64, num_regions=128, seed=0
     )
     test = data.eval_iterator(
         sources["test"], global_batch_size=64, image_size=64, num_regions=128
@@ -36,10 +36,12 @@ from grouped_select.data.builders import (
     prepare_shapes,
     shapes_config,
     tfds_source_config,
+    training_source,
 )
 from grouped_select.data.folders import LAYOUTS, CorruptFileError
 from grouped_select.data.pipeline import (
     BATCH_KEYS,
+    TRAIN_BATCH_KEYS,
     decode_into_memory,
     eval_dataset,
     eval_iterator,
@@ -60,6 +62,7 @@ from grouped_select.data.synthetic import BACKGROUND_NAMES, SHAPE_NAMES
 __all__ = [
     "BACKGROUND_NAMES",
     "BATCH_KEYS",
+    "TRAIN_BATCH_KEYS",
     "DEFAULT_COMPACTNESS",
     "DEFAULT_NUM_REGIONS",
     "DEFAULT_N_SEGMENTS",
@@ -92,4 +95,5 @@ __all__ = [
     "train_augment",
     "train_dataset",
     "train_iterator",
+    "training_source",
 ]

@@ -11,7 +11,13 @@ pipeline ships uint8 images and normalisation happens there too).
 
 Ids come from SLIC on the stored (un-augmented) image; the reference recomputes SLIC after
 augmentation instead, which costs ~38 ms per 224^2 image per epoch.
+
+Images may be given decoded ([H, W, 3] uint8) or as the stored PNG / JPEG bytes
+(`ImageInput`): the training pipeline passes the bytes, so PIL decodes straight into the image
+it resamples instead of into a numpy array that is then copied back into PIL.
 """
+
+import io
 
 import numpy as np
 from PIL import Image
@@ -20,6 +26,29 @@ from grouped_select.color import sample_color_jitter
 from grouped_select.data.superpixels import limit_regions
 
 Box = tuple[float, float, float, float]  # (top, left, height, width) in source pixels.
+# An image: [H, W, 3] uint8 array-like, its encoded PNG / JPEG bytes, or a PIL image.
+ImageInput = np.ndarray | bytes | Image.Image
+
+
+def open_image(image: ImageInput) -> Image.Image:
+    """An RGB PIL image of `image` (encoded bytes are decoded by PIL, as tfds decodes them).
+
+    Args:
+      image: [H, W, 3] uint8 array-like, encoded PNG / JPEG bytes, or a PIL image.
+
+    Returns:
+      A PIL image in mode "RGB".
+    """
+    if isinstance(image, Image.Image):
+        pil = image
+    elif isinstance(image, bytes | bytearray | memoryview):
+        pil = Image.open(io.BytesIO(image))
+    else:
+        array = np.asarray(image)
+        if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
+            raise ValueError(f"expected an [H, W, 3] uint8 image, got {array.dtype} {array.shape}.")
+        pil = Image.fromarray(array)
+    return pil if pil.mode == "RGB" else pil.convert("RGB")
 
 
 def random_resized_crop_box(
@@ -82,20 +111,20 @@ def _take_nearest(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.
 
 
 def crop_and_resize(
-    image: np.ndarray,
+    image: ImageInput,
     region_ids: np.ndarray,
-    mask: np.ndarray,
+    mask: np.ndarray | None,
     box: Box,
     out_size: int,
     *,
     flip: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Crops `box` from all three arrays and resizes it to out_size x out_size.
 
     Args:
-      image: [H, W, 3] uint8.
+      image: [H, W, 3] uint8, or its encoded bytes (`ImageInput`).
       region_ids: [H, W] int.
-      mask: [H, W] uint8 / bool.
+      mask: [H, W] uint8 / bool, or None (no mask: training does not read it).
       box: (top, left, height, width) in source pixels.
       out_size: S.
       flip: also flip the result horizontally (the same as reversing the outputs' columns,
@@ -103,12 +132,21 @@ def crop_and_resize(
 
     Returns:
       image [S, S, 3] uint8 (bilinear, antialiased), region_ids [S, S] and mask [S, S]
-      (nearest neighbour, same dtypes as given), all C-contiguous.
+      (nearest neighbour, same dtypes as given; None if mask is None), all C-contiguous.
+
+    Raises:
+      ValueError: the image's size is not the ids' [H, W].
     """
     top, left, h, w = box
     height, width = region_ids.shape
+    source = open_image(image)
+    if source.size != (width, height):
+        raise ValueError(
+            f"the image is {source.size[1]}x{source.size[0]} (HxW) but its region ids are "
+            f"{height}x{width}: they must come from the same stored example."
+        )
     pil_box = (left, top, left + w, top + h)
-    out = Image.fromarray(image).resize((out_size, out_size), Image.Resampling.BILINEAR, pil_box)
+    out = source.resize((out_size, out_size), Image.Resampling.BILINEAR, pil_box)
     rows = _nearest_index(top, h, out_size, height)
     cols = _nearest_index(left, w, out_size, width)
     if flip:
@@ -117,24 +155,26 @@ def crop_and_resize(
     return (
         np.asarray(out),
         _take_nearest(region_ids, rows, cols),
-        _take_nearest(mask, rows, cols),
+        None if mask is None else _take_nearest(mask, rows, cols),
     )
 
 
 def _finish(
-    image: np.ndarray, region_ids: np.ndarray, mask: np.ndarray, num_regions: int
+    image: np.ndarray, region_ids: np.ndarray, mask: np.ndarray | None, num_regions: int
 ) -> dict[str, np.ndarray]:
-    return {
+    out = {
         "image": np.ascontiguousarray(image, dtype=np.uint8),
         "region_ids": limit_regions(region_ids, num_regions),
-        "mask": np.ascontiguousarray(mask, dtype=np.uint8),
     }
+    if mask is not None:
+        out["mask"] = np.ascontiguousarray(mask, dtype=np.uint8)
+    return out
 
 
 def train_augment(
-    image: np.ndarray,
+    image: ImageInput,
     region_ids: np.ndarray,
-    mask: np.ndarray,
+    mask: np.ndarray | None,
     rng: np.random.Generator,
     *,
     image_size: int,
@@ -147,9 +187,10 @@ def train_augment(
     """Random resized crop + horizontal flip (joint), and colour-jitter parameters.
 
     Args:
-      image: [H, W, 3] uint8.
+      image: [H, W, 3] uint8, or its encoded bytes (`ImageInput`).
       region_ids: [H, W] int ids.
-      mask: [H, W] uint8 / bool.
+      mask: [H, W] uint8 / bool, or None to skip it (the training pipeline does: the step
+        never reads the ground-truth mask).
       rng: Generator (grain's per-element rng).
       image_size: S, output side.
       num_regions: K; output ids are relabelled into [0, n), n <= K.
@@ -161,8 +202,8 @@ def train_augment(
         drawn here.
 
     Returns:
-      dict image [S, S, 3] uint8, region_ids [S, S] int32, mask [S, S] uint8, and with
-      jitter "jitter_factors" [4] float32 and "jitter_order" [4] int32
+      dict image [S, S, 3] uint8, region_ids [S, S] int32, mask [S, S] uint8 (unless mask
+      is None), and with jitter "jitter_factors" [4] float32 and "jitter_order" [4] int32
       (`sample_color_jitter`).
     """
     height, width = region_ids.shape

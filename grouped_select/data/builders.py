@@ -35,6 +35,7 @@ from grouped_select.data.tfds_common import (
     prepare,
     settings_name,
     stored_example,
+    training_source,
 )
 from grouped_select.data.user_builders import (
     TFDS_CATALOG,
@@ -66,6 +67,7 @@ __all__ = [
     "prepare_shapes",
     "shapes_config",
     "tfds_source_config",
+    "training_source",
 ]
 
 SHAPES_SPLITS = ("train", "validation", "test")

@@ -7,13 +7,18 @@ uint8, "region_ids" [H, W], "mask" [H, W], "label" and "has_mask".
 Every batch is a dict of per-process numpy arrays (B = global_batch_size / process_count):
   image       uint8   [B, S, S, 3]  RGB; the jitted step normalises it (`color.normalize`)
   region_ids  int32   [B, S, S]     in [0, num_regions), consecutive per image
-  mask        uint8   [B, S, S]     ground-truth object mask (zeros where has_mask is False)
   label       int32   [B]
+and in evaluation batches (`BATCH_KEYS`) also
+  mask        uint8   [B, S, S]     ground-truth object mask (zeros where has_mask is False)
   has_mask    bool    [B]           whether the example has a ground-truth mask
-  valid       bool    [B]           False for padding in the last evaluation batches
-and, in training batches with colour jitter, the per-image parameters that the jitted step
-applies on the accelerator (`color.color_jitter`; on the host it was ~40 % of an example's
-CPU time at 224², and uint8 images are a quarter of float32's bytes to move):
+  valid       bool    [B]           False for padding in the last batches
+Training batches (`TRAIN_BATCH_KEYS`) carry only what the training step reads: their masks
+are never cropped, flipped or shipped. `builders.training_source` does not even decompress
+the masks, and leaves each image encoded: the augmentation decodes it with PIL straight into
+the image it resamples (the in-memory cache decodes it once). With colour jitter they also
+carry the per-image parameters that the jitted step applies on the accelerator
+(`color.color_jitter`; on the host it was ~40 % of an example's CPU time at 224², and uint8
+images are a quarter of float32's bytes to move):
   jitter_factors  float32 [B, 4]
   jitter_order    int32   [B, 4]
 
@@ -35,9 +40,12 @@ from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grouped_select.color import JITTER_KEYS
-from grouped_select.data.augment import eval_transform, train_augment
+from grouped_select.data.augment import eval_transform, open_image, train_augment
 
 BATCH_KEYS = ("image", "region_ids", "mask", "label", "has_mask", "valid")
+TRAIN_BATCH_KEYS = ("image", "region_ids", "label")
+# What a training example needs from its stored fields (the cache keeps only these).
+_TRAIN_FIELDS = ("image", "region_ids", "label")
 
 
 def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
@@ -57,10 +65,12 @@ def _local_batch_size(global_batch_size: int, shard_count: int) -> int:
     return global_batch_size // shard_count
 
 
-def _output(example: Mapping[str, Any], view: Mapping[str, np.ndarray], valid: bool) -> dict:
+def _eval_output(
+    example: Mapping[str, Any], view: Mapping[str, np.ndarray], valid: bool
+) -> dict[str, np.ndarray]:
     has_mask = bool(example.get("has_mask", True))
     mask = view["mask"] if has_mask else np.zeros_like(view["mask"])
-    out = {
+    return {
         "image": view["image"],
         "region_ids": np.asarray(view["region_ids"], np.int32),
         "mask": np.asarray(mask, np.uint8),
@@ -68,21 +78,39 @@ def _output(example: Mapping[str, Any], view: Mapping[str, np.ndarray], valid: b
         "has_mask": np.bool_(has_mask),
         "valid": np.bool_(valid),
     }
-    out.update({k: view[k] for k in JITTER_KEYS if k in view})
-    return out
+
+
+def _train_fields(example: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: example[k] for k in _TRAIN_FIELDS}
+
+
+def _decoded_train_fields(example: Mapping[str, Any]) -> dict[str, Any]:
+    # What the in-memory cache keeps: a stored image (`builders.training_source` leaves it
+    # encoded) is decoded once here rather than in every epoch.
+    image = example["image"]
+    if isinstance(image, bytes):
+        image = np.asarray(open_image(image))
+    return {**_train_fields(example), "image": image}
 
 
 def _train_map(
     example: Mapping[str, Any], rng: np.random.Generator, **augment_kwargs: Any
 ) -> dict[str, np.ndarray]:
+    image = example["image"]  # encoded bytes from `training_source`: PIL decodes them
     view = train_augment(
-        np.asarray(example["image"]),
+        image if isinstance(image, bytes) else np.asarray(image),
         np.asarray(example["region_ids"]),
-        np.asarray(example["mask"]),
+        None,
         rng,
         **augment_kwargs,
     )
-    return _output(example, view, True)
+    out = {
+        "image": view["image"],
+        "region_ids": np.asarray(view["region_ids"], np.int32),
+        "label": np.int32(example["label"]),
+    }
+    out.update({k: view[k] for k in JITTER_KEYS if k in view})
+    return out
 
 
 def _eval_map(item: tuple[Mapping[str, Any], bool], **transform_kwargs: Any) -> dict:
@@ -93,7 +121,7 @@ def _eval_map(item: tuple[Mapping[str, Any], bool], **transform_kwargs: Any) -> 
         np.asarray(example["mask"]),
         **transform_kwargs,
     )
-    return _output(example, view, valid)
+    return _eval_output(example, view, valid)
 
 
 class _PaddedShard(Sequence):
@@ -198,7 +226,9 @@ def train_dataset(
             f"this process's shard has {len(ds)} examples, fewer than one batch of {batch}."
         )
     if cache:
-        ds = decode_into_memory(ds)
+        ds = decode_into_memory(ds.map(_decoded_train_fields))
+    else:
+        ds = ds.map(_train_fields)
     # Shuffle before repeat: each epoch gets its own order (grain mixes the epoch into the seed).
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
     augment = functools.partial(

@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 
 from grouped_select import color
-from grouped_select.data import augment
+from grouped_select.data import augment, tfds_common
 
 
 def _scene(rows=6, cols=8, size=8, seed=0):
@@ -166,3 +166,42 @@ def test_crop_and_resize_ids_are_the_nearest_source_pixel():
             r = min(int(np.floor(top + (i + 0.5) * h / 23)), ids.shape[0] - 1)
             c = min(int(np.floor(left + (j + 0.5) * w / 23)), ids.shape[1] - 1)
             assert out_ids[i, j] == ids[r, c] and out_mask[i, j] == mask[r, c]
+
+
+def test_without_a_mask_the_image_and_ids_are_unchanged():
+    """Training passes mask=None: the same draws give the same image and ids, and no mask."""
+    image, ids, mask, _, _ = _scene()
+    box = (5, 7, 30, 41)
+    with_mask = augment.crop_and_resize(image, ids, mask, box, 24, flip=True)
+    without = augment.crop_and_resize(image, ids, None, box, 24, flip=True)
+    assert without[2] is None
+    for got, want in zip(without[:2], with_mask[:2], strict=True):
+        np.testing.assert_array_equal(got, want)
+    kwargs = dict(image_size=24, num_regions=16)
+    full = augment.train_augment(image, ids, mask, np.random.default_rng(4), **kwargs)
+    lean = augment.train_augment(image, ids, None, np.random.default_rng(4), **kwargs)
+    assert set(full) - set(lean) == {"mask"}
+    for key in lean:
+        np.testing.assert_array_equal(lean[key], full[key])
+
+
+@pytest.mark.parametrize("image_format", ["png", "jpeg"])
+def test_encoded_image_gives_what_its_decoded_pixels_give(image_format):
+    """The training pipeline passes stored bytes: PIL decodes them as tfds would."""
+    image, ids, mask, _, _ = _scene()
+    encoded = tfds_common.encode_image(image, image_format)
+    pixels = tfds_common.decode_image(encoded)  # JPEG: not exactly `image`
+    box = (5.5, 7.0, 30.0, 41.0)
+    from_bytes = augment.crop_and_resize(encoded, ids, mask, box, 24, flip=True)
+    from_pixels = augment.crop_and_resize(pixels, ids, mask, box, 24, flip=True)
+    for got, want in zip(from_bytes, from_pixels, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert from_bytes[0].std() > 10  # a real crop of the scene, not a blank image
+
+
+def test_image_and_ids_of_different_sizes_are_refused():
+    image, ids, mask, _, _ = _scene()
+    with pytest.raises(ValueError, match=r"image is 48x64 \(HxW\) but its region ids are 48x56"):
+        augment.crop_and_resize(image, ids[:, :56], None, (0, 0, 10, 10), 8)
+    with pytest.raises(ValueError, match=r"\[H, W, 3\] uint8 image, got float32"):
+        augment.crop_and_resize(image.astype(np.float32), ids, None, (0, 0, 10, 10), 8)

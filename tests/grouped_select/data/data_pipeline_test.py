@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from grouped_select import data
+from grouped_select.data import augment
 
 
 def _sources(builder):
@@ -21,12 +22,11 @@ def test_train_batches_shapes_dtypes_and_values(tiny_shapes):
         seed=0,
     )
     batch = next(it)
-    assert set(batch) == set(data.BATCH_KEYS) | set(data.JITTER_KEYS)
+    # Only what the training step reads: no masks, no padding flags.
+    assert set(batch) == set(data.TRAIN_BATCH_KEYS) | set(data.JITTER_KEYS)
     assert batch["image"].shape == (8, 24, 24, 3) and batch["image"].dtype == np.uint8
     assert batch["region_ids"].shape == (8, 24, 24) and batch["region_ids"].dtype == np.int32
-    assert batch["mask"].shape == (8, 24, 24) and batch["mask"].dtype == np.uint8
     assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
-    assert batch["valid"].all() and batch["has_mask"].all()
     assert batch["image"].std() > 10
     assert batch["jitter_factors"].shape == (8, 4) and batch["jitter_order"].shape == (8, 4)
     for order in batch["jitter_order"]:  # the default jitter enables all four adjustments
@@ -34,8 +34,34 @@ def test_train_batches_shapes_dtypes_and_values(tiny_shapes):
     for ids in batch["region_ids"]:
         np.testing.assert_array_equal(np.unique(ids), np.arange(ids.max() + 1))
         assert ids.max() < 128
-    assert set(np.unique(batch["mask"])) <= {0, 1} and batch["mask"].any()
     assert ((batch["label"] >= 0) & (batch["label"] < 8)).all()
+
+
+@pytest.mark.parametrize("fixture", ["tiny_shapes", "tiny_shapes_jpeg"])
+def test_training_source_leaves_image_and_mask_encoded_and_gives_the_same_batches(fixture, request):
+    builder = request.getfixturevalue(fixture)
+    full = _sources(builder)["train"]
+    lean = data.training_source(builder)
+    assert len(lean) == len(full)
+    stored, decoded = lean[3], full[3]
+    assert isinstance(stored["mask"], bytes) and decoded["mask"].shape == (32, 32)
+    assert isinstance(stored["image"], bytes) and decoded["image"].shape == (32, 32, 3)
+    # PIL decodes the stored bytes to exactly what tfds gives.
+    np.testing.assert_array_equal(np.asarray(augment.open_image(stored["image"])), decoded["image"])
+    for key in ("region_ids", "label"):
+        np.testing.assert_array_equal(stored[key], decoded[key])
+    kwargs = dict(global_batch_size=8, image_size=16, num_regions=128, seed=5)
+    want_batches = _take(data.train_iterator(full, **kwargs), 3)
+    for cache in (False, True):  # the cache decodes the images once, into memory
+        got_batches = _take(data.train_iterator(lean, cache=cache, **kwargs), 3)
+        for want, got in zip(want_batches, got_batches, strict=True):
+            assert set(got) == set(want)
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key])
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
 
 
 def test_train_iterator_state_restores_position(tiny_shapes):
