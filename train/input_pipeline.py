@@ -34,7 +34,7 @@ class Data:
     class_names: list[str]
     train_split: str
     eval_split: str
-    # The training split opened without decoding the masks (`builders.training_source`).
+    # The training split with image and mask left encoded (`builders.training_source`).
     train_source: Sequence | None = None
 
     @property

@@ -96,9 +96,8 @@ def _decoded_train_fields(example: Mapping[str, Any]) -> dict[str, Any]:
 def _train_map(
     example: Mapping[str, Any], rng: np.random.Generator, **augment_kwargs: Any
 ) -> dict[str, np.ndarray]:
-    image = example["image"]  # encoded bytes from `training_source`: PIL decodes them
     view = train_augment(
-        image if isinstance(image, bytes) else np.asarray(image),
+        example["image"],  # encoded bytes from `training_source`: PIL decodes them
         np.asarray(example["region_ids"]),
         None,
         rng,
