@@ -183,7 +183,7 @@ def training_source(builder: tfds.core.DatasetBuilder, split: str = "train"):
     its zlib decompression is skipped. The image stays the stored PNG / JPEG bytes, which the
     augmentation decodes with PIL, as tfds would (`augment.open_image`), straight into the
     image it crops and resizes: no [H, W, 3] array is made and copied back into PIL. Together
-    ~0.2 ms of a 224^2 JPEG example's ~1.8 ms of host CPU (benchmarks/RESULTS.md). Every other
+    0.1-0.3 ms of a 224^2 JPEG example's ~2 ms of host CPU (benchmarks/RESULTS.md). Every other
     field decodes as usual.
     """
     skip = tfds.decode.SkipDecoding()
