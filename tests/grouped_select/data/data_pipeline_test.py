@@ -186,10 +186,11 @@ def test_make_global_batch_on_fake_devices(tiny_shapes):
 
 
 def test_worker_processes_give_the_same_batches(tiny_shapes):
+    # The workers read what train/main.py reads (image and mask encoded): that source must
+    # reach the worker processes too.
     kwargs = dict(global_batch_size=8, image_size=16, num_regions=128, seed=1)
-    src = _sources(tiny_shapes)["train"]
-    plain = data.train_iterator(src, **kwargs)
-    workers = data.train_iterator(src, worker_count=1, **kwargs)
+    plain = data.train_iterator(_sources(tiny_shapes)["train"], **kwargs)
+    workers = data.train_iterator(data.training_source(tiny_shapes), worker_count=1, **kwargs)
     try:
         for _ in range(2):
             want, got = next(plain), next(workers)
