@@ -35,7 +35,7 @@ class Data:
     train_split: str
     eval_split: str
     # The training split with image and mask left encoded (`builders.training_source`).
-    train_source: Sequence | None = None
+    train_source: Sequence
 
     @property
     def num_classes(self) -> int:
@@ -48,9 +48,8 @@ class Data:
     def train_iterator(self, config: ml_collections.ConfigDict, seed: int):
         """Endless shuffled, augmented training batches for this process (checkpointable)."""
         d = config.data
-        source = self.sources[self.train_split] if self.train_source is None else self.train_source
         return pipeline.train_iterator(
-            source,
+            self.train_source,
             global_batch_size=config.optim.batch_size,
             image_size=d.image_size,
             num_regions=d.num_regions,

@@ -43,9 +43,8 @@ from grouped_select.color import JITTER_KEYS
 from grouped_select.data.augment import eval_transform, open_image, train_augment
 
 BATCH_KEYS = ("image", "region_ids", "mask", "label", "has_mask", "valid")
+# Also the stored fields a training example needs (the cache keeps only these).
 TRAIN_BATCH_KEYS = ("image", "region_ids", "label")
-# What a training example needs from its stored fields (the cache keeps only these).
-_TRAIN_FIELDS = ("image", "region_ids", "label")
 
 
 def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
@@ -81,7 +80,7 @@ def _eval_output(
 
 
 def _train_fields(example: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: example[k] for k in _TRAIN_FIELDS}
+    return {k: example[k] for k in TRAIN_BATCH_KEYS}
 
 
 def _decoded_train_fields(example: Mapping[str, Any]) -> dict[str, Any]:
