@@ -40,6 +40,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from grouped_select.backbones.activations import exact_gelu
 from grouped_select.partitioning import batch_partitioned
 
 
@@ -98,11 +99,6 @@ class KernelConfig(NamedTuple):
 DEFAULT_CONFIG = KernelConfig()
 
 
-def _gelu(h: jax.Array) -> jax.Array:
-    """Exact (erf) GELU, as `jax.nn.gelu(approximate=False)` and torch's default."""
-    return 0.5 * h * (1.0 + lax.erf(h * (1.0 / jnp.sqrt(2.0).astype(h.dtype))))
-
-
 # Abramowitz & Stegun, Handbook of Mathematical Functions, formula 7.1.26: |error| <= 1.5e-7
 # (float32 rounding of 1 - poly * exp adds up to ~3e-7).
 _AS_P = 0.3275911
@@ -156,7 +152,7 @@ def mlp_block_reference(x: jax.Array, weights: MlpWeights, eps: float) -> jax.Ar
     hidden = jnp.matmul(
         normed, weights.w1.astype(dtype), precision=precision, preferred_element_type=acc
     )
-    hidden = _gelu(hidden + weights.b1.astype(acc)).astype(dtype)
+    hidden = exact_gelu(hidden + weights.b1.astype(acc)).astype(dtype)
     out = jnp.matmul(
         hidden, weights.w2.astype(dtype), precision=precision, preferred_element_type=acc
     )

@@ -22,6 +22,7 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from grouped_select import pallas_vit
+from grouped_select.backbones.activations import exact_gelu
 
 # HF initialises every linear / conv kernel and both embeddings with trunc_normal(std=0.02).
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
@@ -213,7 +214,7 @@ class Mlp(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, N, D] -> [B, N, D]."""
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+        return self.fc2(exact_gelu(self.fc1(x)))
 
 
 class EncoderBlock(nnx.Module):
