@@ -47,11 +47,12 @@ optional() {
   step "$@"
 }
 
-# Most promising first (2026-11-28 afternoon, chosen without a GPU from the H200 programs
-# compiled here and their bytes and kernel counts, see RESULTS.md): the step and the search
-# with cuDNN attention, the ViT blocks rematerialised (training) and the fused block kernels.
+# Most promising first (chosen without a GPU from the H200 programs compiled here and their
+# bytes and kernel counts, see RESULTS.md): the step with cuDNN attention and the ViT blocks
+# rematerialised (15.2 ms estimated on 2026-12-06; with the fused block kernels too, 16.0),
+# the search with cuDNN attention and the fused block kernels (8.7 ms estimated).
 step train_step_bf16_fast python3 benchmarks/train_step.py --dtypes bfloat16 --attention cudnn \
-  --remat-layers true --block-kernels pallas --repeats 5 --out "$results/train_step_bf16_fast.json"
+  --remat-layers true --repeats 5 --out "$results/train_step_bf16_fast.json"
 step eval_search_bf16_fast python3 benchmarks/eval_search.py --dtypes bfloat16 \
   --methods grid_chunk5 --attention cudnn --block-kernels pallas \
   --out "$results/eval_search_bf16_fast.json"
@@ -70,22 +71,21 @@ step color_jitter python3 benchmarks/color_jitter.py --out "$results/color_jitte
 # 100 batches: 20 were shorter than grain's start-up and read-ahead with 8-16 workers.
 step data_pipeline python3 benchmarks/data_pipeline.py --sizes 224 --worker-counts 0,16 \
   --slic-images 10 --batches 100 --out "$results/data_pipeline.json"
-# Extras, while the budget lasts: the fast configuration without the fused block kernels, and
-# with the pooling kernels by runs; the fast step's and search's kernels attributed to model parts (no CUDA graphs); the default
-# step profiled; each change alone; XLA's grouped convolution for the depthwise layers,
-# float32, the ViT unrolled, and the depthwise layers one by one.
-optional train_step_bf16_cudnn_remat python3 benchmarks/train_step.py --dtypes bfloat16 \
-  --attention cudnn --remat-layers true --repeats 5 \
-  --out "$results/train_step_bf16_cudnn_remat.json"
+# Extras, while the budget lasts: the fast step with the fused block kernels too, and with
+# the pooling kernels by runs; the fast step's and search's kernels attributed to model parts
+# (no CUDA graphs); the default step profiled; each change alone; XLA's grouped convolution
+# for the depthwise layers, float32, the ViT unrolled, and the depthwise layers one by one.
+optional train_step_bf16_fast_block_kernels python3 benchmarks/train_step.py \
+  --dtypes bfloat16 --attention cudnn --remat-layers true --block-kernels pallas --repeats 5 \
+  --out "$results/train_step_bf16_fast_block_kernels.json"
 # The fast step with region pooling by runs (`pool_method="pallas_runs"`) instead of segment_sum.
 optional train_step_bf16_fast_runs_pool python3 benchmarks/train_step.py --dtypes bfloat16 \
-  --attention cudnn --remat-layers true --block-kernels pallas --pool-method pallas_runs \
+  --attention cudnn --remat-layers true --pool-method pallas_runs \
   --repeats 5 --out "$results/train_step_bf16_fast_runs_pool.json"
 optional eval_search_bf16_cudnn python3 benchmarks/eval_search.py --dtypes bfloat16 \
   --methods grid_chunk5 --attention cudnn --out "$results/eval_search_bf16_cudnn.json"
 optional profile_attributed python3 benchmarks/profile_step.py --dtype bfloat16 \
-  --attention cudnn --remat-layers true --block-kernels pallas \
-  --no-command-buffers --out "$results/profile_attributed"
+  --attention cudnn --remat-layers true --no-command-buffers --out "$results/profile_attributed"
 optional eval_search_bf16_fast_profiled python3 benchmarks/eval_search.py --dtypes bfloat16 \
   --methods grid_chunk5 --attention cudnn --block-kernels pallas --no-command-buffers \
   --profile-dir "$results/profile_eval" --out "$results/eval_search_bf16_fast_profiled.json"
