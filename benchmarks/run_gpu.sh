@@ -49,7 +49,7 @@ optional() {
 
 # Most promising first (chosen without a GPU from the H200 programs compiled here and their
 # bytes and kernel counts, see RESULTS.md): the step with cuDNN attention and the ViT blocks
-# rematerialised (15.2 ms estimated on 2026-12-06; with the fused block kernels too, 16.0),
+# rematerialised (14.8 ms estimated on 2026-12-06; with the fused block kernels too, 16.0),
 # the search with cuDNN attention and the fused block kernels (8.7 ms estimated).
 step train_step_bf16_fast python3 benchmarks/train_step.py --dtypes bfloat16 --attention cudnn \
   --remat-layers true --repeats 5 --out "$results/train_step_bf16_fast.json"

@@ -11,12 +11,14 @@ from flax import nnx
 
 from grouped_select import convert
 from grouped_select.backbones.vit import (
+    Attention,
     ViT,
     ViTVariant,
     odd_length_attention,
     padded_attention,
     resize_position_embeddings,
 )
+from grouped_select.precision import cast_floating
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +281,43 @@ def test_attention_implementation_reaches_every_block_and_checks_its_dtype():
         model(jnp.zeros((1, 32, 32, 3)))
     with pytest.raises(ValueError, match="not one of"):
         ViT(5, variant="ti", image_size=32, attention="flash", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-2)])
+def test_cudnn_attention_projects_in_one_product_with_the_same_values_and_gradients(
+    dtype, tolerance
+):
+    """With cuDNN attention, q, k and v come from the three kernels concatenated: the same
+    projections and parameter gradients as the three layers apart (XLA's attention's path)."""
+    x = jax.random.normal(jax.random.key(0), (2, 7, 32)).astype(dtype)
+    cotangents = [jax.random.normal(jax.random.key(i), (2, 7, 32)) for i in (1, 2, 3)]
+
+    def projections_and_gradients(implementation):
+        graphdef, params = nnx.split(
+            Attention(32, 2, implementation=implementation, rngs=nnx.Rngs(0))
+        )
+
+        def loss(params, x):
+            q, k, v = nnx.merge(graphdef, params).project(x)
+            return sum(jnp.sum(o * c) for o, c in zip((q, k, v), cotangents, strict=True)), (
+                q,
+                k,
+                v,
+            )
+
+        return jax.jit(jax.grad(loss, (0, 1), has_aux=True))(cast_floating(params, dtype), x)
+
+    fused_grads, fused = projections_and_gradients("cudnn")
+    apart_grads, apart = projections_and_gradients("xla")
+    chex.assert_trees_all_equal_dtypes(fused, apart, (x, x, x))
+    chex.assert_trees_all_close(
+        *(
+            jax.tree.map(lambda a: a.astype(jnp.float32), t)
+            for t in ((fused, fused_grads), (apart, apart_grads))
+        ),
+        rtol=tolerance,
+        atol=tolerance,
+    )
 
 
 @pytest.mark.parametrize(
