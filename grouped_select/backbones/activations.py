@@ -2,7 +2,7 @@
 
 `jax.nn.gelu(x, approximate=False)` computes 0.5 x erfc(-x / √2), and autodiff differentiates
 that expression term by term. In the rematerialised ViT training step compiled for an H200
-(`benchmarks/compile_census.py`), XLA could not fuse the two: the forward erfc (a ~60-op
+(`benchmarks/compile_census.py`), XLA could not fuse the two: the forward erfc (a long
 polynomial it will not duplicate) went to memory as its own [tokens, 4 D] tensor, a second
 copy of the scaled input went with it, and the backward's bias-gradient reduction read them
 back: 175 MB per block where reading the hidden units and their gradient and writing GELU's
