@@ -20,6 +20,7 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from grouped_select import regions
+from grouped_select.backbones.pointwise import pointwise_conv
 from grouped_select.regions import PoolMethod
 
 
@@ -119,7 +120,7 @@ class Selector(nnx.Module):
             tau = jnp.broadcast_to(jnp.asarray(budget, low.dtype), (low.shape[0],))
             low = low + tau[:, None, None, None]
             high = high + tau[:, None, None, None].astype(high.dtype)
-        out = self.low_head(low) + self.high_head(high)
+        out = pointwise_conv(self.low_head, low) + pointwise_conv(self.high_head, high)
         batch, _, _, channels = out.shape
         # jax.image.resize "bilinear" uses half-pixel centres (torch align_corners=False); when
         # upsampling it matches torch's F.interpolate, including the clamped borders.

@@ -32,6 +32,7 @@ from flax import nnx
 
 from grouped_select.backbones.batch_norm import batch_norm
 from grouped_select.backbones.depthwise import Method, depthwise_conv
+from grouped_select.backbones.pointwise import is_pointwise, pointwise_conv
 from grouped_select.precision import materialized
 
 # torchvision initialises every conv with kaiming_normal_(mode="fan_out").
@@ -159,6 +160,7 @@ class ConvBNAct(nnx.Module):
         # Depthwise convs go through `depthwise_conv` (fast on CPU); parameters stay those of
         # `nnx.Conv`, so checkpoints and converted weights do not depend on the backend.
         self.depthwise = groups == in_channels == out_channels and groups > 1
+        self.pointwise = is_pointwise(self.conv)
         self.stride, self.dilation, self.pad = stride, dilation, pad
         self.depthwise_method = depthwise_method
 
@@ -173,6 +175,8 @@ class ConvBNAct(nnx.Module):
                 padding=self.pad,
                 method=self.depthwise_method,
             )
+        elif self.pointwise:
+            y = pointwise_conv(self.conv, x)
         else:
             y = self.conv(x)
         # A depthwise layer's result feeds two float32 kernels when a squeeze-excitation
@@ -207,7 +211,8 @@ class SqueezeExcitation(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, H, W, C] -> [B, H, W, C]."""
         scale = jnp.mean(x, axis=(1, 2), keepdims=True)
-        scale = jax.nn.hard_sigmoid(self.fc2(jax.nn.relu(self.fc1(scale))))
+        scale = jax.nn.relu(pointwise_conv(self.fc1, scale))
+        scale = jax.nn.hard_sigmoid(pointwise_conv(self.fc2, scale))
         return x * scale
 
 
@@ -348,7 +353,7 @@ class LRASPPMobileNetV3(nnx.Module):
         low = x
         for layer in self.features[self.low_index + 1 :]:
             x = layer(x)
-        gate = jax.nn.sigmoid(self.scale(jnp.mean(x, axis=(1, 2), keepdims=True)))
+        gate = jax.nn.sigmoid(pointwise_conv(self.scale, jnp.mean(x, axis=(1, 2), keepdims=True)))
         high = self.cbr(x) * gate
         high = resize_bilinear(high, low.shape[1:3])
         return low, high
