@@ -132,16 +132,8 @@ def _shifted_sum_backward(stride, dilation, padding, residuals, grad):
     _, out_h, out_w, _ = grad.shape
     acc = _accumulator(x.dtype)
     padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    # All k² tap products stacked and reduced at once: XLA makes one two-stage column
-    # reduction of it per layer, reading the input and the gradient once ([k², B, H', W', C],
-    # channels minor: coalesced). Summed tap by tap, XLA fused at most two of the k²
-    # reductions per kernel, each re-reading both tensors: in the paper's step compiled for an
-    # H200 (benchmarks/compile_census.py) 3,217 -> 2,916 kernels, 35.7 -> 30.5 GB moved.
-    g = grad.astype(acc)
-    products = jnp.stack(
-        [tap.astype(acc) * g for _, _, tap in _taps(padded, k, stride, dilation, out_h, out_w)]
-    )
-    d_kernel = jnp.sum(products, axis=(1, 2, 3)).reshape(k, k, channels)
+    taps = [tap.astype(acc) for _, _, tap in _taps(padded, k, stride, dilation, out_h, out_w)]
+    d_kernel = _kernel_gradient(taps, grad.astype(acc)).reshape(k, k, channels)
     span = dilation * (k - 1)
     padded_h, padded_w = height + 2 * padding, width + 2 * padding
     spread = lax.pad(
@@ -172,3 +164,39 @@ def _shifted_sum_backward(stride, dilation, padding, residuals, grad):
 
 
 _shifted_sum.defvjp(_shifted_sum_forward, _shifted_sum_backward)
+
+
+def _kernel_gradient(taps: list[jax.Array], grad: jax.Array) -> jax.Array:
+    """[k², C]: for each tap, the sum over (b, h, w) of its input slice times `grad`.
+
+    Args:
+      taps: k² [B, H', W', C] input slices (`_taps`), in the accumulation dtype.
+      grad: [B, H', W', C] output gradient, in the accumulation dtype.
+    """
+    if jax.default_backend() == "cpu":
+        return _kernel_gradient_per_tap(taps, grad)
+    return _kernel_gradient_stacked(taps, grad)
+
+
+def _kernel_gradient_stacked(taps: list[jax.Array], grad: jax.Array) -> jax.Array:
+    """All k² tap products stacked and reduced at once (GPU, TPU).
+
+    XLA's GPU backend makes one two-stage column reduction of the stack per layer, reading the
+    input and the gradient once ([k², B, H', W', C], channels minor: coalesced). Summed tap
+    by tap, it fused at most two of the k² reductions per kernel, each re-reading both
+    tensors: in the paper's step compiled for an H200 (benchmarks/compile_census.py) 3,217 ->
+    2,916 kernels, 35.7 -> 30.5 GB moved.
+    """
+    return jnp.sum(jnp.stack([tap * grad for tap in taps]), axis=(1, 2, 3))
+
+
+def _kernel_gradient_per_tap(taps: list[jax.Array], grad: jax.Array) -> jax.Array:
+    """Each tap's product reduced on its own (CPU).
+
+    XLA's CPU backend writes the stacked products out before reducing them ([25, 4, 14, 14,
+    960] float32 for the last dilated stage at batch 4: 75 MB, ~12 ms per layer on the 2-core
+    CPU of `benchmarks/RESULTS.md`); tap by tap, each product fuses into its reduction. The
+    selector backbone's forward + backward at batch 4, 224²: 309 -> 277 ms (interleaved in
+    one process, median of 12 rounds).
+    """
+    return jnp.stack([jnp.sum(tap * grad, axis=(0, 1, 2)) for tap in taps])

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from grouped_select.backbones import depthwise
 from grouped_select.backbones.depthwise import depthwise_conv
 
 # (kernel, stride, dilation) as in MobileNetV3-Large (dilated), padding (k - 1) // 2 * d.
@@ -77,3 +78,17 @@ def test_bfloat16_accumulates_in_float32():
         np.testing.assert_allclose(
             np.asarray(got, np.float32), want, rtol=2.0**-8, atol=1e-6 * np.abs(want).max()
         )
+
+
+def test_kernel_gradient_per_tap_equals_stacked():
+    """The CPU's tap-by-tap kernel gradient and the GPU's stacked one are the same sums
+    (the gradient tests above run the CPU's; this pins the other to it)."""
+    keys = jax.random.split(jax.random.key(7), 10)
+    taps = [jax.random.normal(key, (2, 5, 6, 3)) for key in keys[:9]]
+    grad = jax.random.normal(keys[9], (2, 5, 6, 3))
+    per_tap = jax.jit(depthwise._kernel_gradient_per_tap)(taps, grad)
+    stacked = jax.jit(depthwise._kernel_gradient_stacked)(taps, grad)
+    want = np.stack([np.sum(np.asarray(t) * np.asarray(grad), axis=(0, 1, 2)) for t in taps])
+    chex.assert_shape((per_tap, stacked), (9, 3))
+    np.testing.assert_allclose(per_tap, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stacked, want, rtol=1e-5, atol=1e-5)
