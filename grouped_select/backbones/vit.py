@@ -23,6 +23,7 @@ from jax.typing import ArrayLike
 
 from grouped_select import pallas_vit
 from grouped_select.backbones.activations import exact_gelu
+from grouped_select.backbones.attention import attention
 
 # HF initialises every linear / conv kernel and both embeddings with trunc_normal(std=0.02).
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
@@ -138,6 +139,8 @@ class Attention(nnx.Module):
             y = _masked_attention(q, k, v, valid_tokens, self.implementation)
         elif self.implementation == "cudnn" and tokens % 2:
             y = odd_length_attention(q, k, v, "cudnn")
+        elif self.implementation == "xla":
+            y = attention(q, k, v)  # XLA's attention, with a cheaper backward pass
         else:
             y = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
         return self.out(y.reshape(batch, tokens, dim))

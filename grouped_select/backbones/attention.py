@@ -1,0 +1,91 @@
+"""Softmax attention with the flash-attention backward pass, for XLA's own attention.
+
+`jax.nn.dot_product_attention(implementation="xla")` differentiates its softmax as
+p · (dp - Σ_j p·dp): a product and a reduction over the [B, heads, N, N] scores in every
+block's backward pass. On the 2-core CPU of `benchmarks/RESULTS.md` that reduction was the
+ViT-Ti classifier's largest single kernel outside the matrix products (2.5 ms per block at
+batch 4, 197 tokens). The same row sums are Σ_j p_ij dp_ij = dO_i · O_i (dp = dO Vᵀ and
+O = P V), a reduction over the head dimension instead (64 against 197 values per row), as
+FlashAttention's backward pass computes them.
+
+`attention(q, k, v)` returns what `jax.nn.dot_product_attention(q, k, v,
+implementation="xla")` returns (the same products: float32 scores, the probabilities cast
+to the inputs' dtype before the product with v); its gradient keeps q, k, v, the output and
+the per-row log-sum-exp, recomputes the probabilities from them, and uses dO · O for the
+row sums.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def _score_precision(dtype) -> lax.DotAlgorithmPreset | None:
+    """As `jax.nn.dot_product_attention`: low-precision products accumulate in float32."""
+    if dtype == jnp.bfloat16:
+        return lax.DotAlgorithmPreset.BF16_BF16_F32
+    if dtype == jnp.float16:
+        return lax.DotAlgorithmPreset.F16_F16_F32
+    return None
+
+
+def _scores(q: jax.Array, k: jax.Array) -> jax.Array:
+    """[B, N, H, D] x [B, M, H, D] -> [B, H, N, M] float32 scaled scores."""
+    scores = jnp.einsum(
+        "bnhd,bmhd->bhnm",
+        q,
+        k,
+        precision=_score_precision(q.dtype),
+        preferred_element_type=jnp.promote_types(q.dtype, jnp.float32),
+    )
+    return scores * jnp.asarray(q.shape[-1] ** -0.5, scores.dtype)
+
+
+def _forward(q, k, v):
+    scores = _scores(q, k).astype(jnp.float32)
+    top = jnp.max(scores, axis=-1, keepdims=True)
+    unnormalised = jnp.exp(scores - top)
+    total = jnp.sum(unnormalised, axis=-1, keepdims=True)
+    probs = (unnormalised / total).astype(k.dtype)
+    out = jnp.einsum("bhnm,bmhd->bnhd", probs, v)
+    return out, top + jnp.log(total)
+
+
+@jax.custom_vjp
+def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Softmax attention over all keys, scaled by 1/√D.
+
+    Args:
+      q: [B, N, heads, D] queries.
+      k, v: [B, M, heads, D] keys and values.
+
+    Returns:
+      [B, N, heads, D] in the dtype of the inputs.
+    """
+    return _forward(q, k, v)[0]
+
+
+def _attention_forward(q, k, v):
+    out, log_sum_exp = _forward(q, k, v)
+    return out, (q, k, v, out, log_sum_exp)
+
+
+def _attention_backward(residuals, d_out):
+    q, k, v, out, log_sum_exp = residuals
+    probs = jnp.exp(_scores(q, k).astype(jnp.float32) - log_sum_exp)  # [B, H, N, M]
+    d_v = jnp.einsum("bhnm,bnhd->bmhd", probs.astype(v.dtype), d_out)
+    d_probs = jnp.einsum(
+        "bnhd,bmhd->bhnm", d_out, v, preferred_element_type=jnp.promote_types(v.dtype, jnp.float32)
+    )
+    # Σ_m p_nm dp_nm = dO_n · O_n: a sum over D, not over the M keys (module docstring).
+    row_sums = jnp.einsum("bnhd,bnhd->bhn", d_out.astype(jnp.float32), out.astype(jnp.float32))[
+        ..., None
+    ]
+    d_scores = probs * (d_probs.astype(jnp.float32) - row_sums) * q.shape[-1] ** -0.5
+    d_scores = d_scores.astype(q.dtype)
+    d_q = jnp.einsum("bhnm,bmhd->bnhd", d_scores, k)
+    d_k = jnp.einsum("bhnm,bnhd->bmhd", d_scores, q)
+    return d_q, d_k, d_v
+
+
+attention.defvjp(_attention_forward, _attention_backward)

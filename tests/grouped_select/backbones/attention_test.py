@@ -1,0 +1,53 @@
+"""Attention with the flash-attention backward equals jax's XLA attention, with gradients."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from grouped_select.backbones.attention import attention
+
+
+def _value_and_grads(fn, q, k, v, cotangent):
+    def loss(q, k, v):
+        return jnp.sum(fn(q, k, v).astype(jnp.float32) * cotangent)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+
+def _jax_attention(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+
+
+@pytest.mark.parametrize("tokens,keys", [(9, 9), (7, 12)])
+def test_float32_values_and_gradients_match_jax(tokens, keys):
+    """The output and all three gradients against autodiff of `jax.nn.dot_product_attention`
+    (queries and keys of different lengths: the row sums run over the right axis)."""
+    rng = jax.random.split(jax.random.key(0), 4)
+    q = 3 * jax.random.normal(rng[0], (2, tokens, 3, 8))  # peaked softmax rows
+    k = jax.random.normal(rng[1], (2, keys, 3, 8))
+    v = jax.random.normal(rng[2], (2, keys, 3, 8))
+    cotangent = jax.random.normal(rng[3], (2, tokens, 3, 8))
+    out = jax.jit(attention)(q, k, v)
+    chex.assert_shape(out, (2, tokens, 3, 8))
+    np.testing.assert_allclose(out, jax.jit(_jax_attention)(q, k, v), rtol=1e-5, atol=1e-6)
+    loss, grads = _value_and_grads(attention, q, k, v, cotangent)
+    want_loss, want_grads = _value_and_grads(_jax_attention, q, k, v, cotangent)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    chex.assert_trees_all_close(grads, want_grads, rtol=1e-4, atol=1e-5)
+    assert all(float(jnp.max(jnp.abs(g))) > 0.1 for g in grads)  # not trivially equal
+
+
+def test_bfloat16_follows_float32():
+    """bfloat16 in, bfloat16 out and gradients, float32 scores and softmax: within bfloat16
+    rounding of the float32 computation on the same values."""
+    rng = jax.random.split(jax.random.key(1), 4)
+    q, k, v = (jax.random.normal(key, (2, 16, 2, 8)).astype(jnp.bfloat16) for key in rng[:3])
+    cotangent = jax.random.normal(rng[3], (2, 16, 2, 8))
+    _, grads = _value_and_grads(attention, q, k, v, cotangent)
+    chex.assert_trees_all_equal_dtypes(grads, (q, k, v))
+    as_f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    _, want = _value_and_grads(attention, *as_f32, cotangent)
+    for got, expected in zip(grads, want, strict=True):
+        np.testing.assert_allclose(got.astype(jnp.float32), expected, rtol=0.05, atol=0.05)
