@@ -78,10 +78,8 @@ def _attention_backward(residuals, d_out):
         "bnhd,bmhd->bhnm", d_out, v, preferred_element_type=jnp.promote_types(v.dtype, jnp.float32)
     )
     # Σ_m p_nm dp_nm = dO_n · O_n: a sum over D, not over the M keys (module docstring).
-    row_sums = jnp.einsum("bnhd,bnhd->bhn", d_out.astype(jnp.float32), out.astype(jnp.float32))[
-        ..., None
-    ]
-    d_scores = probs * (d_probs.astype(jnp.float32) - row_sums) * q.shape[-1] ** -0.5
+    row_sums = jnp.einsum("bnhd,bnhd->bhn", d_out.astype(jnp.float32), out.astype(jnp.float32))
+    d_scores = probs * (d_probs.astype(jnp.float32) - row_sums[..., None]) * q.shape[-1] ** -0.5
     d_scores = d_scores.astype(q.dtype)
     d_q = jnp.einsum("bhnm,bmhd->bnhd", d_scores, k)
     d_k = jnp.einsum("bhnm,bnhd->bmhd", d_scores, q)
