@@ -37,8 +37,14 @@ from grouped_select.precision import cast_floating  # noqa: E402
 from train import models  # noqa: E402
 
 
-def bench_dtype(args, dtype: str) -> dict:
-    """Times every search method with the model computing in `dtype`."""
+def search_setup(args, dtype: str):
+    """The paper's model in eval mode, computing in `dtype`, and a random batch.
+
+    Returns:
+      (search, params, x, ids): `search(kind, chunk)` gives the jitted budget search
+      `(params, x, ids) -> (budgets, log_probs)` by method "grid" (`chunk` budgets per
+      classifier batch, None: all) or "while_loop".
+    """
     config = paper_config(args.config, args.size, dtype, **model_options(args))
     num_regions = config.data.num_regions
     model = models.create_model(config, 9, seed=0)
@@ -60,6 +66,12 @@ def bench_dtype(args, dtype: str) -> dict:
 
         return search
 
+    return searcher, params, x, ids
+
+
+def bench_dtype(args, dtype: str) -> dict:
+    """Times every search method with the model computing in `dtype`."""
+    searcher, params, x, ids = search_setup(args, dtype)
     results, budgets = {}, {}
     for method in args.methods.split(","):
         kind, chunk = ("grid", 5) if method == "grid_chunk5" else (method, None)

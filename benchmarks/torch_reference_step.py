@@ -60,44 +60,75 @@ def _parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def torch_reference_step(batch: int, size: int, num_regions: int, num_classes: int = 9):
-    """The re-created reference step (module docstring) on random data: a no-argument
-    callable that runs one step and returns its loss."""
+def _torch_reference(batch: int, size: int, num_regions: int, num_classes: int = 9):
+    """The re-created models and a random batch, shared by the step and the search.
+
+    Returns:
+      dict: backbone, head (LR-ASPP's), classifier (ViT-Ti shape); images [B, 3, H, W];
+      region_ids [B, H*W]; sizes [B, K] region pixel counts; black [1, 3, 1, 1], the
+      normalised value of a black pixel.
+    """
     import torch
-    import torch.nn.functional as F
     from torchvision.models import VisionTransformer
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
     torch.manual_seed(0)
     segmentation = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=4)
-    backbone, head = segmentation.backbone, segmentation.classifier
-    classifier = VisionTransformer(
-        image_size=size, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192,
-        mlp_dim=768, num_classes=num_classes,
-    )  # fmt: skip
+    region_ids = torch.randint(0, num_regions, (batch, size * size))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    return {
+        "backbone": segmentation.backbone,
+        "head": segmentation.classifier,
+        "classifier": VisionTransformer(
+            image_size=size,
+            patch_size=16,
+            num_layers=12,
+            num_heads=3,
+            hidden_dim=192,
+            mlp_dim=768,
+            num_classes=num_classes,
+        ),  # fmt: skip
+        "images": torch.randn(batch, 3, size, size),
+        "region_ids": region_ids,
+        "sizes": torch.zeros(batch, num_regions).scatter_add_(
+            1, region_ids, torch.ones(batch, size * size)
+        ),
+        "black": ((0 - mean) / std).view(1, 3, 1, 1),
+    }
+
+
+def _head_context(head, low, high):
+    """LR-ASPP's gated 960 -> 128 features upsampled to the low features' size (τ-free)."""
+    import torch.nn.functional as F
+
+    y = head.cbr(high) * head.scale(high)
+    return F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _pixel_outputs(head, low, context, tau, size: int):
+    """P2P's two heads with the budget τ added to their inputs, upsampled to the image:
+    [B, 4, H, W]."""
+    import torch.nn.functional as F
+
+    out = head.low_classifier(low + tau) + head.high_classifier(context + tau)
+    return F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def torch_reference_step(batch: int, size: int, num_regions: int, num_classes: int = 9):
+    """The re-created reference step (module docstring) on random data: a no-argument
+    callable that runs one step and returns its loss."""
+    import torch
+    import torch.nn.functional as F
+
+    parts = _torch_reference(batch, size, num_regions, num_classes)
+    backbone, head, classifier = parts["backbone"], parts["head"], parts["classifier"]
+    images, region_ids, sizes, black = (
+        parts[k] for k in ("images", "region_ids", "sizes", "black")
+    )
     modules = torch.nn.ModuleList([backbone, head, classifier]).train()
     optimizer = torch.optim.Adam(modules.parameters(), lr=1e-4)
-
-    images = torch.randn(batch, 3, size, size)
-    region_ids = torch.randint(0, num_regions, (batch, size, size))
     labels = torch.randint(0, num_classes, (batch,))
     budget = torch.rand(batch) * 0.95 + 0.05
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    black = (0 - mean) / std
-    flat_ids = region_ids.view(batch, 1, -1)
-    sizes = torch.zeros(batch, num_regions).scatter_add_(
-        1, region_ids.view(batch, -1), torch.ones(batch, size * size)
-    )
-
-    def selector_outputs(x):
-        features = backbone(x)
-        low, high = features["low"], features["high"]
-        y = head.cbr(high) * head.scale(high)
-        y = F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        tau = budget.view(-1, 1, 1, 1)
-        out = head.low_classifier(low + tau) + head.high_classifier(y + tau)
-        return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def sample_mask(mu, embedding):
         sigma = embedding @ embedding.transpose(1, 2)  # [B, K, K], rank <= 3
@@ -113,19 +144,20 @@ def torch_reference_step(batch: int, size: int, num_regions: int, num_classes: i
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        pixels = selector_outputs(images).flatten(2)  # [B, 4, H*W]
+        features = backbone(images)
+        low, high = features["low"], features["high"]
+        context = _head_context(head, low, high)
+        pixels = _pixel_outputs(head, low, context, budget.view(-1, 1, 1, 1), size).flatten(2)
         sums = torch.zeros(batch, 4, num_regions).scatter_reduce(
-            2, flat_ids.expand(-1, 4, -1), pixels, reduce="sum", include_self=False
+            2, region_ids.unsqueeze(1).expand(-1, 4, -1), pixels, reduce="sum", include_self=False
         )
         means = sums / sizes.clamp(min=1).unsqueeze(1)
         mu, embedding = means[:, 0], means[:, 1:].transpose(1, 2)
         region_mask, sigma = sample_mask(mu, embedding)
-        pixel_mask = torch.gather(region_mask, 1, region_ids.view(batch, -1))
-        pixel_mask = pixel_mask.view(batch, 1, size, size)
+        pixel_mask = torch.gather(region_mask, 1, region_ids).view(batch, 1, size, size)
         logits = classifier(images * pixel_mask + black * (1 - pixel_mask))
         kept = (torch.sigmoid(mu) * sizes).sum(1) / (size * size)
-        eps = 1e-6
-        slack = 1 - budget + eps
+        slack = 1 - budget + 1e-6
         sparsity = -torch.log(slack - torch.relu(kept - budget)) + torch.log(slack)
         loss = F.cross_entropy(logits, labels) + 10 * sparsity.mean()
         loss = loss + 0.01 * sigma.abs().mean()
@@ -140,38 +172,25 @@ def torch_reference_search(batch: int, size: int, num_regions: int, certainty: f
     """The re-created reference evaluation (dynamic budget, untrained weights, so every image
     takes all 20 classifier passes): a no-argument callable returning the budgets."""
     import torch
-    import torch.nn.functional as F
-    from torchvision.models import VisionTransformer
-    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
-    torch.manual_seed(0)
-    segmentation = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=4)
-    backbone, head = segmentation.backbone.eval(), segmentation.classifier.eval()
-    classifier = VisionTransformer(
-        image_size=size, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192,
-        mlp_dim=768, num_classes=9,
-    ).eval()  # fmt: skip
-    images = torch.randn(batch, 3, size, size)
-    region_ids = torch.randint(0, num_regions, (batch, size, size)).view(batch, -1)
-    black = (0 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
-    black = black.view(1, 3, 1, 1)
-    sizes = torch.zeros(batch, num_regions).scatter_add_(
-        1, region_ids, torch.ones(batch, size * size)
+    parts = _torch_reference(batch, size, num_regions)
+    backbone, head = parts["backbone"].eval(), parts["head"].eval()
+    classifier = parts["classifier"].eval()
+    images, region_ids, sizes, black = (
+        parts[k] for k in ("images", "region_ids", "sizes", "black")
     )
 
     @torch.no_grad()
     def search():
         features = backbone(images)  # once; only the heads re-run per budget
-        low, high = features["low"], features["high"]
-        y = head.cbr(high) * head.scale(high)
-        y = F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        low = features["low"]
+        context = _head_context(head, low, features["high"])
         chosen = torch.ones(batch)
         done = torch.zeros(batch, dtype=torch.bool)
         tau = 0.0
         for _ in range(20):
             tau += 0.05
-            out = head.low_classifier(low + tau) + head.high_classifier(y + tau)
-            out = F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False)
+            out = _pixel_outputs(head, low, context, tau, size)
             logit_sums = torch.zeros(batch, num_regions).scatter_reduce(
                 1, region_ids, out[:, 0].reshape(batch, -1), reduce="sum", include_self=False
             )
@@ -186,34 +205,17 @@ def torch_reference_search(batch: int, size: int, num_regions: int, certainty: f
     return search
 
 
-def jax_search(batch: int, size: int, certainty: float = 0.9):
-    """Our dynamic-budget search (`benchmarks/eval_search.py`'s batched grid, float32): a
-    no-argument callable returning the budgets."""
+def jax_search(batch: int, size: int):
+    """Our dynamic-budget search (`benchmarks/eval_search.py`'s batched grid, float32, δ 0.9):
+    a no-argument callable returning the budgets."""
     import jax
-    from flax import nnx
 
-    from benchmarks.train_step import make_batch, paper_config
-    from grouped_select import budget, color
-    from train import models
+    from benchmarks import eval_search
 
-    config = paper_config("imagenet9", size, "float32")
-    num_regions = config.data.num_regions
-    model = models.create_model(config, 9, seed=0)
-    model.eval()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    inputs = jax.device_put(make_batch(batch, size, num_regions, 9))
-    x, ids = color.normalize(inputs["image"]), inputs["region_ids"]
-
-    @jax.jit
-    def search(params, x, ids):
-        m = nnx.merge(graphdef, params, rest)
-        out = budget.dynamic_budget_search(
-            m, x, ids, certainty, num_regions=num_regions, method="grid"
-        )
-        return out.budget
-
-    compiled = search.lower(params, x, ids).compile()
-    return lambda: jax.block_until_ready(compiled(params, x, ids))
+    args = argparse.Namespace(config="imagenet9", size=size, batch=batch, certainty=0.9)
+    searcher, params, x, ids = eval_search.search_setup(args, "float32")
+    compiled = searcher("grid", None).lower(params, x, ids).compile()
+    return lambda: jax.block_until_ready(compiled(params, x, ids)[0])
 
 
 def jax_step(batch: int, size: int):
