@@ -177,9 +177,9 @@ def _kernel_gradient(
     which then do not stay in cache. One image's slices are a quarter of that. For that layer
     alone 23-27 -> 9-10 ms; the selector backbone's forward + backward at batch 4, 224²,
     264 -> 231 ms, and the paper's training step 755 -> 645 ms (each interleaved in one
-    process, median of 10 rounds). Tried and slower in the
-    whole backbone: all images with the gradient zero-padded into place instead of the input
-    sliced (no copies for stride 1; 1.06x), and images split further into row blocks.
+    process, median of 10 rounds). Tried and slower in the whole backbone: all images with
+    the gradient zero-padded into place instead of the input sliced (no copies for stride 1;
+    1.06x), and images split further into row blocks.
 
     Args:
       padded: [B, H + 2p, W + 2p, C] zero-padded input.
