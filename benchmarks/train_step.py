@@ -68,7 +68,7 @@ def paper_config(name: str, size: int, dtype: str, **model_overrides):
 # The config.model keys that the benchmarks' command lines set (add_*_arguments below).
 MODEL_OPTIONS = (
     "scan_layers", "remat_layers", "depthwise_method", "attention", "block_kernels",
-    "pool_method",
+    "pool_method", "matmul_precision",
 )  # fmt: skip
 
 
@@ -171,6 +171,13 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "conv", "shifted_sum"),
         default="auto",
         help="config.model.depthwise_method: the MobileNet's depthwise convolutions",
+    )
+    parser.add_argument(
+        "--matmul-precision",
+        choices=("default", "bfloat16"),
+        default="default",
+        help="config.model.matmul_precision: the ViT's and MobileNet's matrix products "
+        "(bfloat16: rounded operands, float32 sums)",
     )
     add_kernel_arguments(parser)
     for name, default, help_text in (

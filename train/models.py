@@ -5,6 +5,7 @@ import os
 import ml_collections
 from flax import nnx
 
+from grouped_select.backbones.matmul import MATMUL_PRECISIONS
 from grouped_select.backbones.small import (
     SmallCNNClassifier,
     SmallSelectorBackbone,
@@ -17,17 +18,38 @@ SELECTORS = ("small", "lraspp_mobilenet_v3_large")
 CLASSIFIERS = ("small_cnn", "small_vit", "vit_ti", "vit_s", "vit_b", "resnet18", "resnet34")
 
 
+def _check_matmul_precision(precision: str, name: str, supported: tuple[str, ...]) -> None:
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(
+            f"config.model.matmul_precision={precision!r} is not one of {MATMUL_PRECISIONS}."
+        )
+    if precision != "default" and name not in supported:
+        raise ValueError(
+            f"config.model.matmul_precision={precision!r} applies to {', '.join(supported)}; "
+            f"{name!r} computes its products in the compute dtype: set it to 'default'."
+        )
+
+
 def create_selector_backbone(
-    name: str, *, low_stride: int = 8, depthwise_method: str = "auto", rngs: nnx.Rngs
+    name: str,
+    *,
+    low_stride: int = 8,
+    depthwise_method: str = "auto",
+    matmul_precision: str = "default",
+    rngs: nnx.Rngs,
 ) -> nnx.Module:
     """The selector backbone called `name` (one of `SELECTORS`); `low_stride`: "small" only;
-    `depthwise_method`: the MobileNet's depthwise convs ("auto", "conv" or "shifted_sum")."""
+    `depthwise_method`: the MobileNet's depthwise convs ("auto", "conv" or "shifted_sum");
+    `matmul_precision`: the MobileNet's 1x1 convs ("default" or "bfloat16")."""
+    _check_matmul_precision(matmul_precision, name, ("lraspp_mobilenet_v3_large",))
     if name == "small":
         return SmallSelectorBackbone(low_stride=low_stride, rngs=rngs)
     if name == "lraspp_mobilenet_v3_large":
         from grouped_select.backbones.mobilenet_v3 import LRASPPMobileNetV3
 
-        return LRASPPMobileNetV3(depthwise_method=depthwise_method, rngs=rngs)
+        return LRASPPMobileNetV3(
+            depthwise_method=depthwise_method, matmul_precision=matmul_precision, rngs=rngs
+        )
     raise ValueError(f"config.model.selector={name!r} is not one of {SELECTORS}.")
 
 
@@ -43,11 +65,14 @@ def create_classifier(
     attention: str = "xla",
     remat_layers: bool = False,
     block_kernels: str = "xla",
+    matmul_precision: str = "default",
     rngs: nnx.Rngs,
 ) -> nnx.Module:
     """The classifier called `name` (one of `CLASSIFIERS`); `widths`, `strides`: "small_cnn"
     only (None: stride 2 in every stage); `scan_layers`: ViTs only (`ViT.encode`);
-    `attention`, `remat_layers`, `block_kernels`: ViT-Ti/S/B only (`vit.Attention`, `ViT`)."""
+    `attention`, `remat_layers`, `block_kernels`, `matmul_precision`: ViT-Ti/S/B only
+    (`vit.Attention`, `ViT`)."""
+    _check_matmul_precision(matmul_precision, name, ("vit_ti", "vit_s", "vit_b"))
     if name == "small_cnn":
         return SmallCNNClassifier(
             num_classes, widths=tuple(widths), strides=strides and tuple(strides), rngs=rngs
@@ -72,6 +97,7 @@ def create_classifier(
             attention=attention,
             remat_layers=remat_layers,
             block_kernels=block_kernels,
+            matmul_precision=matmul_precision,
             rngs=rngs,
         )
     if name in ("resnet18", "resnet34"):
@@ -107,6 +133,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
             attention=config.model.attention,
             remat_layers=config.model.remat_layers,
             block_kernels=config.model.block_kernels,
+            matmul_precision=config.model.matmul_precision,
             rngs=rngs,
         )
 
@@ -117,6 +144,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
         config.model.selector,
         low_stride=config.model.selector_stride,
         depthwise_method=config.model.depthwise_method,
+        matmul_precision=config.model.matmul_precision,
         rngs=rngs,
     )
     selector = Selector(

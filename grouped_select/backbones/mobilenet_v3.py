@@ -32,6 +32,7 @@ from flax import nnx
 
 from grouped_select.backbones.batch_norm import batch_norm
 from grouped_select.backbones.depthwise import Method, depthwise_conv
+from grouped_select.backbones.matmul import MatmulPrecision
 from grouped_select.backbones.pointwise import is_pointwise, pointwise_conv
 from grouped_select.precision import materialized
 
@@ -119,6 +120,7 @@ class ConvBNAct(nnx.Module):
         bn_epsilon: float = 1e-3,
         bn_momentum: float = 0.99,
         depthwise_method: Method = "auto",
+        matmul_precision: MatmulPrecision = "default",
         rngs: nnx.Rngs,
     ):
         """Builds the layer.
@@ -134,6 +136,8 @@ class ConvBNAct(nnx.Module):
           bn_epsilon: BatchNorm epsilon.
           bn_momentum: flax BatchNorm momentum (1 - torch momentum).
           depthwise_method: how a depthwise conv runs (`depthwise.depthwise_conv`'s `method`).
+          matmul_precision: a 1x1 conv's product ("default" or "bfloat16": bfloat16-rounded
+            operands, float32 sums; `grouped_select.backbones.matmul`).
           rngs: initialisation keys.
         """
         pad = (kernel - 1) // 2 * dilation
@@ -163,6 +167,7 @@ class ConvBNAct(nnx.Module):
         self.pointwise = is_pointwise(self.conv)
         self.stride, self.dilation, self.pad = stride, dilation, pad
         self.depthwise_method = depthwise_method
+        self.matmul_precision = matmul_precision
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, H, W, C_in] -> [B, H', W', C_out]."""
@@ -176,7 +181,7 @@ class ConvBNAct(nnx.Module):
                 method=self.depthwise_method,
             )
         elif self.pointwise:
-            y = pointwise_conv(self.conv, x)
+            y = pointwise_conv(self.conv, x, self.matmul_precision)
         else:
             y = self.conv(x)
         # A depthwise layer's result feeds two float32 kernels when a squeeze-excitation
@@ -225,12 +230,27 @@ class InvertedResidual(nnx.Module):
       use_residual: whether the input is added to the output (stride 1, same width).
     """
 
-    def __init__(self, cfg: BlockConfig, *, depthwise_method: Method = "auto", rngs: nnx.Rngs):
-        """Builds the block from its `BlockConfig` (`depthwise_method`: see `ConvBNAct`)."""
+    def __init__(
+        self,
+        cfg: BlockConfig,
+        *,
+        depthwise_method: Method = "auto",
+        matmul_precision: MatmulPrecision = "default",
+        rngs: nnx.Rngs,
+    ):
+        """Builds the block from its `BlockConfig` (`depthwise_method`, `matmul_precision`:
+        see `ConvBNAct`; the latter for the expansion and projection)."""
         layers = []
         if cfg.expanded != cfg.in_channels:
             layers.append(
-                ConvBNAct(cfg.in_channels, cfg.expanded, 1, activation=cfg.activation, rngs=rngs)
+                ConvBNAct(
+                    cfg.in_channels,
+                    cfg.expanded,
+                    1,
+                    activation=cfg.activation,
+                    matmul_precision=matmul_precision,
+                    rngs=rngs,
+                )
             )
         layers.append(
             ConvBNAct(
@@ -249,7 +269,11 @@ class InvertedResidual(nnx.Module):
         if cfg.use_se:
             squeeze = _make_divisible(cfg.expanded // 4, 8)
             layers.append(SqueezeExcitation(cfg.expanded, squeeze, rngs=rngs))
-        layers.append(ConvBNAct(cfg.expanded, cfg.out_channels, 1, rngs=rngs))
+        layers.append(
+            ConvBNAct(
+                cfg.expanded, cfg.out_channels, 1, matmul_precision=matmul_precision, rngs=rngs
+            )
+        )
         self.block = nnx.List(layers)
         # torchvision decides from the configured stride, even when dilation replaced it.
         self.use_residual = cfg.stride == 1 and cfg.in_channels == cfg.out_channels
@@ -298,6 +322,7 @@ class LRASPPMobileNetV3(nnx.Module):
         dilated: bool = True,
         inter_channels: int = 128,
         depthwise_method: Method = "auto",
+        matmul_precision: MatmulPrecision = "default",
         rngs: nnx.Rngs,
     ):
         """Builds the network with random weights (see `grouped_select.convert` to load some).
@@ -308,6 +333,10 @@ class LRASPPMobileNetV3(nnx.Module):
           depthwise_method: how the depthwise convs run: "auto" (the shifted sum on CPU and
             GPU, XLA's grouped convolution on TPU), "conv" or "shifted_sum"; same parameters
             and results either way (`grouped_select.backbones.depthwise`).
+          matmul_precision: "default" or "bfloat16": the 1x1 convs of the blocks, the last
+            layer and LR-ASPP's `cbr` from bfloat16-rounded operands with float32 sums
+            (`grouped_select.backbones.matmul`); the squeeze-excitation gates and `scale`
+            (one pixel each) keep "default". Same parameters.
           rngs: initialisation keys.
         """
         configs = large_block_configs(dilated)
@@ -317,9 +346,24 @@ class LRASPPMobileNetV3(nnx.Module):
             ConvBNAct(3, configs[0].in_channels, 3, stride=2, activation="hardswish", rngs=rngs)
         ]
         layers += [
-            InvertedResidual(cfg, depthwise_method=depthwise_method, rngs=rngs) for cfg in configs
+            InvertedResidual(
+                cfg,
+                depthwise_method=depthwise_method,
+                matmul_precision=matmul_precision,
+                rngs=rngs,
+            )
+            for cfg in configs
         ]
-        layers.append(ConvBNAct(last_in, last_out, 1, activation="hardswish", rngs=rngs))
+        layers.append(
+            ConvBNAct(
+                last_in,
+                last_out,
+                1,
+                activation="hardswish",
+                matmul_precision=matmul_precision,
+                rngs=rngs,
+            )
+        )
         self.features = nnx.List(layers)
         # LR-ASPP's own BatchNorm is torch's default one: eps 1e-5, momentum 0.1.
         self.cbr = ConvBNAct(
@@ -329,6 +373,7 @@ class LRASPPMobileNetV3(nnx.Module):
             activation="relu",
             bn_epsilon=1e-5,
             bn_momentum=0.9,
+            matmul_precision=matmul_precision,
             rngs=rngs,
         )
         self.scale = nnx.Conv(

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from grouped_select.backbones.matmul import MatmulPrecision, matmul
+
 
 def is_pointwise(conv: nnx.Conv) -> bool:
     """Whether `conv` is a 1x1, stride-1, ungrouped, unmasked conv (a matmul per pixel)."""
@@ -38,12 +40,16 @@ def _no_padding(padding) -> bool:
     return all((p == 0) if isinstance(p, int) else all(q == 0 for q in p) for p in padding)
 
 
-def pointwise_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+def pointwise_conv(
+    conv: nnx.Conv, x: jax.Array, matmul_precision: MatmulPrecision = "default"
+) -> jax.Array:
     """`conv(x)` for a 1x1 conv (`is_pointwise`) as one matrix product.
 
     Args:
       conv: an `nnx.Conv` with a 1x1 kernel [1, 1, C_in, C_out], stride 1, no groups.
       x: [..., H, W, C_in] inputs (any leading axes).
+      matmul_precision: "default" (the product in the promoted dtype, with `conv`'s precision
+        settings) or "bfloat16" (`grouped_select.backbones.matmul.bfloat16_matmul`).
 
     Returns:
       [..., H, W, C_out] in the dtype `conv(x)` gives (its `dtype`, else the promoted dtype
@@ -60,6 +66,9 @@ def pointwise_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     kernel = conv.kernel[...]
     bias = conv.bias[...] if conv.bias is not None else None
     x, kernel, bias = conv.promote_dtype((x, kernel, bias), dtype=conv.dtype)
+    if matmul_precision != "default":
+        y = matmul(x, kernel.reshape(kernel.shape[-2:]), matmul_precision)
+        return y if bias is None else y + bias
     y = jnp.einsum(
         "...c,cd->...d",
         x,

@@ -22,6 +22,7 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from grouped_select import pallas_vit
+from grouped_select.backbones import matmul
 from grouped_select.backbones.activations import exact_gelu
 from grouped_select.backbones.attention import attention
 
@@ -49,8 +50,16 @@ def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def _linear(d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(d_in, d_out, kernel_init=_INIT, rngs=rngs)
+def _linear(
+    d_in: int, d_out: int, rngs: nnx.Rngs, matmul_precision: matmul.MatmulPrecision = "default"
+) -> nnx.Linear:
+    return nnx.Linear(
+        d_in,
+        d_out,
+        kernel_init=_INIT,
+        dot_general=matmul.dot_general(matmul_precision),
+        rngs=rngs,
+    )
 
 
 def _layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -76,8 +85,17 @@ class Attention(nnx.Module):
         `padded_attention` (`odd_length_attention`). Neither yet run on a GPU.
     """
 
-    def __init__(self, dim: int, num_heads: int, *, implementation: str = "xla", rngs: nnx.Rngs):
-        """Builds the projections; `dim` must be divisible by `num_heads`."""
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        implementation: str = "xla",
+        matmul_precision: matmul.MatmulPrecision = "default",
+        rngs: nnx.Rngs,
+    ):
+        """Builds the projections; `dim` must be divisible by `num_heads`; `matmul_precision`:
+        the projections' (`grouped_select.backbones.matmul`)."""
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads.")
         if implementation not in ATTENTION_IMPLEMENTATIONS:
@@ -87,10 +105,11 @@ class Attention(nnx.Module):
             )
         self.num_heads = num_heads
         self.implementation = implementation
-        self.query = _linear(dim, dim, rngs)
-        self.key = _linear(dim, dim, rngs)
-        self.value = _linear(dim, dim, rngs)
-        self.out = _linear(dim, dim, rngs)
+        self.query = _linear(dim, dim, rngs, matmul_precision)
+        self.key = _linear(dim, dim, rngs, matmul_precision)
+        self.value = _linear(dim, dim, rngs, matmul_precision)
+        self.out = _linear(dim, dim, rngs, matmul_precision)
+        self.matmul_precision = matmul_precision
 
     def __call__(self, x: jax.Array, valid_tokens: int | None = None) -> jax.Array:
         """[B, N, D] -> [B, N, D] (`valid_tokens`: see `attend`)."""
@@ -112,7 +131,8 @@ class Attention(nnx.Module):
             return tuple(layer(x) for layer in layers)
         kernel = jnp.concatenate([layer.kernel[...] for layer in layers], axis=1)
         bias = jnp.concatenate([layer.bias[...] for layer in layers])
-        return tuple(jnp.split(x @ kernel + bias, 3, axis=-1))
+        qkv = matmul.matmul(x, kernel, self.matmul_precision) + bias
+        return tuple(jnp.split(qkv, 3, axis=-1))
 
     def attend(
         self, q: jax.Array, k: jax.Array, v: jax.Array, valid_tokens: int | None = None
@@ -228,10 +248,17 @@ class Mlp(nnx.Module):
       fc2: `nnx.Linear` [mlp_dim, D].
     """
 
-    def __init__(self, dim: int, mlp_dim: int, *, rngs: nnx.Rngs):
-        """Builds the two layers."""
-        self.fc1 = _linear(dim, mlp_dim, rngs)
-        self.fc2 = _linear(mlp_dim, dim, rngs)
+    def __init__(
+        self,
+        dim: int,
+        mlp_dim: int,
+        *,
+        matmul_precision: matmul.MatmulPrecision = "default",
+        rngs: nnx.Rngs,
+    ):
+        """Builds the two layers (`matmul_precision`: `grouped_select.backbones.matmul`)."""
+        self.fc1 = _linear(dim, mlp_dim, rngs, matmul_precision)
+        self.fc2 = _linear(mlp_dim, dim, rngs, matmul_precision)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, N, D] -> [B, N, D]."""
@@ -258,16 +285,24 @@ class EncoderBlock(nnx.Module):
         layer_norm_eps: float,
         attention: str = "xla",
         block_kernels: str = "xla",
+        matmul_precision: matmul.MatmulPrecision = "default",
         rngs: nnx.Rngs,
     ):
-        """Builds one block of `variant`'s width (`attention`: see `Attention`)."""
+        """Builds one block of `variant`'s width (`attention`: see `Attention`;
+        `matmul_precision`: its linear layers', `grouped_select.backbones.matmul`)."""
         if block_kernels not in BLOCK_KERNELS:
             raise ValueError(f"block_kernels {block_kernels!r} is not one of {BLOCK_KERNELS}.")
         dim = variant.hidden_size
         self.norm1 = _layer_norm(dim, layer_norm_eps, rngs)
-        self.attn = Attention(dim, variant.num_heads, implementation=attention, rngs=rngs)
+        self.attn = Attention(
+            dim,
+            variant.num_heads,
+            implementation=attention,
+            matmul_precision=matmul_precision,
+            rngs=rngs,
+        )
         self.norm2 = _layer_norm(dim, layer_norm_eps, rngs)
-        self.mlp = Mlp(dim, variant.mlp_dim, rngs=rngs)
+        self.mlp = Mlp(dim, variant.mlp_dim, matmul_precision=matmul_precision, rngs=rngs)
         self.block_kernels = block_kernels
 
     def __call__(self, x: jax.Array, valid_tokens: int | None = None) -> jax.Array:
@@ -320,6 +355,7 @@ class ViT(nnx.Module):
         attention: str = "xla",
         remat_layers: bool = False,
         block_kernels: str = "xla",
+        matmul_precision: matmul.MatmulPrecision = "default",
         rngs: nnx.Rngs,
     ):
         """Builds a ViT with random weights (see `grouped_select.convert` to load some).
@@ -341,6 +377,10 @@ class ViT(nnx.Module):
             values and gradients.
           block_kernels: "xla" or "pallas" (each block's LayerNorms fused with the matrix
             products after them, GPU kernels; see `EncoderBlock`).
+          matmul_precision: "default" or "bfloat16": the patch embedding's, the linear
+            layers' and the head's products from bfloat16-rounded operands with float32 sums
+            (`grouped_select.backbones.matmul`; the attention's own two products and the
+            "pallas" block kernels are left as they are). Same parameters.
           rngs: initialisation keys.
         """
         if isinstance(variant, str):
@@ -369,13 +409,15 @@ class ViT(nnx.Module):
                     layer_norm_eps=layer_norm_eps,
                     attention=attention,
                     block_kernels=block_kernels,
+                    matmul_precision=matmul_precision,
                     rngs=rngs,
                 )
                 for _ in range(variant.num_layers)
             ]
         )
         self.norm = _layer_norm(dim, layer_norm_eps, rngs)
-        self.head = _linear(dim, num_classes, rngs)
+        self.head = _linear(dim, num_classes, rngs, matmul_precision)
+        self.matmul_precision = matmul_precision
         self.scan_layers = scan_layers
         self.remat_layers = remat_layers
         # cuDNN's attention gradient takes only even token counts (ViT-Ti/16 at 224²: 197).
@@ -433,7 +475,13 @@ class ViT(nnx.Module):
         batch, height, width, channels = x.shape
         gh, gw = height // patch, width // patch
         x = x[:, : gh * patch, : gw * patch].reshape(batch, gh, patch, gw, patch, channels)
-        return jnp.einsum("bhpwqc,pqcd->bhwd", x, kernel) + bias
+        if self.matmul_precision == "default":
+            return jnp.einsum("bhpwqc,pqcd->bhwd", x, kernel) + bias
+        patches = x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, gh, gw, -1)  # (p, q, c) minor
+        return (
+            matmul.matmul(patches, kernel.reshape(-1, kernel.shape[-1]), self.matmul_precision)
+            + bias
+        )
 
     def encode(self, tokens: jax.Array, valid_tokens: int | None = None) -> jax.Array:
         """Runs the encoder blocks: [B, N, D] -> [B, N, D] (tokens from `valid_tokens` on are

@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from grouped_select import convert
+from grouped_select.backbones import matmul
 from train import models
 
 P2P_FILE = "p2p_vit_tiny_lraspp.safetensors"
@@ -90,3 +91,27 @@ def test_vit_kernels_remat_and_depthwise_method_reach_the_networks(tiny_config):
         if getattr(layer, "depthwise", False)
     }
     assert methods == {"conv"}
+
+
+def test_matmul_precision_reaches_both_networks_or_is_refused(tiny_config):
+    tiny_config.model.selector = "lraspp_mobilenet_v3_large"
+    tiny_config.model.classifier = "vit_ti"
+    tiny_config.model.patch_size = 16
+    tiny_config.model.matmul_precision = "bfloat16"
+    model = nnx.eval_shape(lambda: models.create_model(tiny_config, 3, seed=0))
+    assert model.classifier.matmul_precision == "bfloat16"
+    assert {block.mlp.fc1.dot_general for block in model.classifier.layers} == {
+        matmul.dot_general("bfloat16")
+    }
+    pointwise = {
+        layer.matmul_precision
+        for _, layer in nnx.iter_graph(model.selector)
+        if getattr(layer, "pointwise", False)
+    }
+    assert pointwise == {"bfloat16"}
+    tiny_config.model.selector = "small"
+    with pytest.raises(ValueError, match="matmul_precision='bfloat16' applies to lraspp"):
+        models.create_model(tiny_config, 3, seed=0)
+    tiny_config.model.matmul_precision = "tf32"
+    with pytest.raises(ValueError, match="is not one of"):
+        models.create_model(tiny_config, 3, seed=0)

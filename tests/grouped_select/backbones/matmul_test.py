@@ -1,0 +1,106 @@
+"""bfloat16-operand products: the values and gradients of float32 sums of rounded operands."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from grouped_select.backbones import matmul
+from grouped_select.backbones.mobilenet_v3 import LRASPPMobileNetV3
+from grouped_select.backbones.vit import ViT
+
+
+def _rounded(a) -> np.ndarray:
+    """a rounded to bfloat16, as float64."""
+    return np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
+def test_bfloat16_matmul_values_and_gradients():
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (2, 5, 64))
+    w = jax.random.normal(keys[1], (64, 24))
+    grad = jax.random.normal(keys[2], (2, 5, 24))
+
+    @jax.jit
+    def forward_and_grads(x, w, grad):
+        y, vjp = jax.vjp(matmul.bfloat16_matmul, x, w)
+        return y, vjp(grad)
+
+    y, (d_x, d_w) = forward_and_grads(x, w, grad)
+    chex.assert_trees_all_equal_dtypes((y, d_x, d_w), (x, x, w))
+    xr, wr, gr = _rounded(x), _rounded(w), _rounded(grad)
+    np.testing.assert_allclose(y, xr @ wr, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d_x, gr @ wr.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d_w, xr.reshape(-1, 64).T @ gr.reshape(-1, 24), rtol=1e-5, atol=1e-5)
+    # The operands were rounded: exact float32 products differ by bfloat16's 2^-9 relative.
+    assert np.abs(np.asarray(y) - np.asarray(x, np.float64) @ np.asarray(w)).max() > 1e-3
+
+
+def test_bfloat16_matmul_keeps_the_input_dtypes():
+    x = jax.random.normal(jax.random.key(1), (3, 16)).astype(jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(2), (16, 8))
+    y, vjp = jax.vjp(jax.jit(matmul.bfloat16_matmul), x, w)
+    d_x, d_w = vjp(jnp.ones_like(y))
+    chex.assert_trees_all_equal_dtypes((y, d_x, d_w), (w, x, w))  # y: promoted, float32
+
+
+def test_default_precision_is_the_plain_product_and_bad_names_fail():
+    x = jax.random.normal(jax.random.key(3), (4, 8))
+    w = jax.random.normal(jax.random.key(4), (8, 5))
+    np.testing.assert_array_equal(jax.jit(matmul.matmul)(x, w), x @ w)
+    assert matmul.dot_general("default") is jax.lax.dot_general
+    for bad in (lambda: matmul.matmul(x, w, "tf32"), lambda: matmul.dot_general("fp8")):
+        with pytest.raises(ValueError, match="matmul precision"):
+            bad()
+
+
+def test_linear_with_the_bfloat16_dot_general():
+    linear = nnx.Linear(16, 8, dot_general=matmul.dot_general("bfloat16"), rngs=nnx.Rngs(0))
+    nnx.update(linear, {"bias": jnp.arange(8.0)})  # a nonzero bias is added after the product
+    x = jax.random.normal(jax.random.key(5), (2, 3, 16))
+    want = matmul.bfloat16_matmul(x, linear.kernel[...]) + jnp.arange(8.0)
+    np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(linear, x), want, rtol=1e-6)
+    with pytest.raises(ValueError, match="kernel"):
+        matmul.dot_general("bfloat16")(x, x, (((1,), (1,)), ((0,), (0,))))
+
+
+@pytest.mark.parametrize("build", ["vit", "mobilenet"])
+def test_models_with_bfloat16_products_stay_close_to_float32(build):
+    """Same parameters; outputs and gradients (training mode: batch statistics) within
+    bfloat16 rounding of the float32 ones, and not equal to them (the products changed)."""
+
+    def make(precision):
+        rngs = nnx.Rngs(0)
+        if build == "vit":
+            return ViT(3, image_size=32, patch_size=16, matmul_precision=precision, rngs=rngs)
+        return LRASPPMobileNetV3(matmul_precision=precision, rngs=rngs)
+
+    x = jax.random.normal(jax.random.key(6), (2, 64, 64, 3))
+    if build == "vit":
+        x = x[:, :32, :32]
+
+    @nnx.jit
+    def outputs_and_grads(model, x):
+        def loss(model):
+            outputs = jax.tree.leaves(model(x))
+            # A fixed linear function of the outputs: its gradient is the network's own.
+            weighted = (jnp.mean(o * jnp.cos(jnp.arange(o.size).reshape(o.shape))) for o in outputs)
+            return sum(weighted), jnp.concatenate([o.ravel() for o in outputs])
+
+        (_, outputs), grads = nnx.value_and_grad(loss, has_aux=True)(model)
+        return outputs, jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads)])
+
+    default, rounded = make("default"), make("bfloat16")
+    chex.assert_trees_all_equal(nnx.state(default, nnx.Param), nnx.state(rounded, nnx.Param))
+    want, want_grads = outputs_and_grads(default, x)
+    got, got_grads = outputs_and_grads(rounded, x)
+    relative = jnp.linalg.norm(got - want) / jnp.linalg.norm(want)
+    # bfloat16 keeps 8 significant bits (2^-9 relative); the MobileNet's batch statistics
+    # over 2 images of 64² (its last stage 4 x 4 pixels each) amplify that to ~2 %.
+    assert 1e-4 < relative < 5e-2
+    cosine = (
+        jnp.dot(got_grads, want_grads) / jnp.linalg.norm(got_grads) / jnp.linalg.norm(want_grads)
+    )
+    assert 0.98 < cosine < 1 - 1e-7
