@@ -15,9 +15,13 @@ the per-row log-sum-exp, recomputes the probabilities from them, and uses dO · 
 row sums.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from grouped_select.backbones.matmul import MatmulPrecision
 
 
 def _score_precision(dtype) -> lax.DotAlgorithmPreset | None:
@@ -29,60 +33,81 @@ def _score_precision(dtype) -> lax.DotAlgorithmPreset | None:
     return None
 
 
-def _scores(q: jax.Array, k: jax.Array) -> jax.Array:
+def _product(spec: str, a: jax.Array, b: jax.Array, matmul_precision: MatmulPrecision, **kwargs):
+    """`jnp.einsum(spec, a, b, **kwargs)`; "bfloat16": from rounded operands, float32 sums,
+    in the dtype the einsum would give (`grouped_select.backbones.matmul`)."""
+    if matmul_precision == "default":
+        return jnp.einsum(spec, a, b, **kwargs)
+    dtype = kwargs.get("preferred_element_type") or jnp.promote_types(a.dtype, b.dtype)
+    rounded = (a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
+    return jnp.einsum(spec, *rounded, preferred_element_type=jnp.float32).astype(dtype)
+
+
+def _scores(q: jax.Array, k: jax.Array, precision: MatmulPrecision) -> jax.Array:
     """[B, N, H, D] x [B, M, H, D] -> [B, H, N, M] float32 scaled scores."""
-    scores = jnp.einsum(
+    scores = _product(
         "bnhd,bmhd->bhnm",
         q,
         k,
+        precision,
         precision=_score_precision(q.dtype),
         preferred_element_type=jnp.promote_types(q.dtype, jnp.float32),
     )
     return scores * jnp.asarray(q.shape[-1] ** -0.5, scores.dtype)
 
 
-def _forward(q, k, v):
-    scores = _scores(q, k).astype(jnp.float32)
+def _forward(q, k, v, precision):
+    scores = _scores(q, k, precision).astype(jnp.float32)
     top = jnp.max(scores, axis=-1, keepdims=True)
     unnormalised = jnp.exp(scores - top)
     total = jnp.sum(unnormalised, axis=-1, keepdims=True)
     probs = (unnormalised / total).astype(k.dtype)
-    out = jnp.einsum("bhnm,bmhd->bnhd", probs, v)
+    out = _product("bhnm,bmhd->bnhd", probs, v, precision)
     return out, top + jnp.log(total)
 
 
-@jax.custom_vjp
-def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, matmul_precision: MatmulPrecision = "default"
+) -> jax.Array:
     """Softmax attention over all keys, scaled by 1/√D.
 
     Args:
       q: [B, N, heads, D] queries.
       k, v: [B, M, heads, D] keys and values.
+      matmul_precision: "default", or "bfloat16": the products (scores, output, and the four
+        of the gradient) from bfloat16-rounded operands with float32 sums; the softmax stays
+        float32.
 
     Returns:
       [B, N, heads, D] in the dtype of the inputs.
     """
-    return _forward(q, k, v)[0]
+    return _forward(q, k, v, matmul_precision)[0]
 
 
-def _attention_forward(q, k, v):
-    out, log_sum_exp = _forward(q, k, v)
+def _attention_forward(q, k, v, matmul_precision):
+    out, log_sum_exp = _forward(q, k, v, matmul_precision)
     return out, (q, k, v, out, log_sum_exp)
 
 
-def _attention_backward(residuals, d_out):
+def _attention_backward(matmul_precision, residuals, d_out):
     q, k, v, out, log_sum_exp = residuals
-    probs = jnp.exp(_scores(q, k).astype(jnp.float32) - log_sum_exp)  # [B, H, N, M]
-    d_v = jnp.einsum("bhnm,bnhd->bmhd", probs.astype(v.dtype), d_out)
-    d_probs = jnp.einsum(
-        "bnhd,bmhd->bhnm", d_out, v, preferred_element_type=jnp.promote_types(v.dtype, jnp.float32)
+    precision = matmul_precision
+    probs = jnp.exp(_scores(q, k, precision).astype(jnp.float32) - log_sum_exp)  # [B, H, N, M]
+    d_v = _product("bhnm,bnhd->bmhd", probs.astype(v.dtype), d_out, precision)
+    d_probs = _product(
+        "bnhd,bmhd->bhnm",
+        d_out,
+        v,
+        precision,
+        preferred_element_type=jnp.promote_types(v.dtype, jnp.float32),
     )
     # Σ_m p_nm dp_nm = dO_n · O_n: a sum over D, not over the M keys (module docstring).
     row_sums = jnp.einsum("bnhd,bnhd->bhn", d_out.astype(jnp.float32), out.astype(jnp.float32))
     d_scores = probs * (d_probs.astype(jnp.float32) - row_sums[..., None]) * q.shape[-1] ** -0.5
     d_scores = d_scores.astype(q.dtype)
-    d_q = jnp.einsum("bhnm,bmhd->bnhd", d_scores, k)
-    d_k = jnp.einsum("bhnm,bnhd->bmhd", d_scores, q)
+    d_q = _product("bhnm,bmhd->bnhd", d_scores, k, precision)
+    d_k = _product("bhnm,bnhd->bmhd", d_scores, q, precision)
     return d_q, d_k, d_v
 
 

@@ -95,7 +95,8 @@ class Attention(nnx.Module):
         rngs: nnx.Rngs,
     ):
         """Builds the projections; `dim` must be divisible by `num_heads`; `matmul_precision`:
-        the projections' (`grouped_select.backbones.matmul`)."""
+        the projections' and the "xla" attention's products (`grouped_select.backbones.matmul`,
+        `attention.attention`)."""
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads.")
         if implementation not in ATTENTION_IMPLEMENTATIONS:
@@ -160,7 +161,8 @@ class Attention(nnx.Module):
         elif self.implementation == "cudnn" and tokens % 2:
             y = odd_length_attention(q, k, v, "cudnn")
         elif self.implementation == "xla":
-            y = attention(q, k, v)  # XLA's attention, with a cheaper backward pass
+            # XLA's attention, with a cheaper backward pass
+            y = attention(q, k, v, self.matmul_precision)
         else:
             y = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
         return self.out(y.reshape(batch, tokens, dim))
@@ -378,9 +380,9 @@ class ViT(nnx.Module):
           block_kernels: "xla" or "pallas" (each block's LayerNorms fused with the matrix
             products after them, GPU kernels; see `EncoderBlock`).
           matmul_precision: "default" or "bfloat16": the patch embedding's, the linear
-            layers' and the head's products from bfloat16-rounded operands with float32 sums
-            (`grouped_select.backbones.matmul`; the attention's own two products and the
-            "pallas" block kernels are left as they are). Same parameters.
+            layers', the "xla" attention's and the head's products from bfloat16-rounded
+            operands with float32 sums (`grouped_select.backbones.matmul`; cuDNN attention
+            and the "pallas" block kernels are left as they are). Same parameters.
           rngs: initialisation keys.
         """
         if isinstance(variant, str):

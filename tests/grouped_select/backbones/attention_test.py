@@ -51,3 +51,34 @@ def test_bfloat16_follows_float32():
     _, want = _value_and_grads(attention, *as_f32, cotangent)
     for got, expected in zip(grads, want, strict=True):
         np.testing.assert_allclose(got.astype(jnp.float32), expected, rtol=0.05, atol=0.05)
+
+
+def test_bfloat16_products():
+    """matmul_precision="bfloat16": the output is the float32 softmax of scores from rounded
+    queries and keys, applied to rounded values; the gradients stay within bfloat16
+    rounding of the float32 ones (and are not equal to them)."""
+    rng = jax.random.split(jax.random.key(3), 4)
+    q, k, v, cotangent = (jax.random.normal(key, (2, 9, 3, 8)) for key in rng)
+
+    def rounded(a):
+        return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+    def reference(q, k, v):
+        scores = jnp.einsum("bnhd,bmhd->bhnm", rounded(q), rounded(k)) * 8**-0.5
+        probs = jax.nn.softmax(scores, axis=-1)
+        return jnp.einsum("bhnm,bmhd->bnhd", rounded(probs), rounded(v))
+
+    def bf16(q, k, v):
+        return attention(q, k, v, "bfloat16")
+
+    out = jax.jit(bf16)(q, k, v)
+    # Equal up to float32 reassociation, except where a probability lies on a bfloat16
+    # rounding boundary and the two softmaxes round it apart (one ulp: ~2^-9 of it).
+    error = np.abs(np.asarray(out) - np.asarray(reference(q, k, v)))
+    assert error.max() < 3e-3 and np.mean(error < 1e-5) > 0.9
+    assert float(jnp.max(jnp.abs(out - jax.jit(attention)(q, k, v)))) > 1e-4
+    _, grads = _value_and_grads(bf16, q, k, v, cotangent)
+    _, want = _value_and_grads(attention, q, k, v, cotangent)
+    for got, expected in zip(grads, want, strict=True):
+        error = float(jnp.linalg.norm(got - expected) / jnp.linalg.norm(expected))
+        assert 1e-5 < error < 2e-2
