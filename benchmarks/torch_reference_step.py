@@ -34,8 +34,11 @@ region ids and labels of the same shapes, one after the other (rounds alternate 
 first), with `torch.set_num_threads` at the host's core count.
 
 The JAX side is `benchmarks/train_step.py`'s compiled paper step (ImageNet-9 config,
-float32). jax and the project are imported from `--jax-site-packages` (the project's venv),
-so both frameworks run in one process under the same glibc tunables (`train/huge_pages.py`).
+float32), once as is ("ours") and once with `config.model.matmul_precision="bfloat16"`
+("ours_bfloat16_matmuls": the products' operands rounded to bfloat16, float32 sums; the
+reference itself cannot run in bfloat16, P2P_SPEC.md). jax and the project are imported
+from `--jax-site-packages` (the project's venv), so both frameworks run in one process under
+the same glibc tunables (`train/huge_pages.py`).
 """
 
 import argparse
@@ -56,6 +59,12 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--what", default="train,eval", help="train and/or eval")
     parser.add_argument("--rounds", type=int, default=8, help="alternating samples of each")
     parser.add_argument("--inner", type=int, default=3, help="steps per sample")
+    parser.add_argument(
+        "--matmul-precisions",
+        default="default,bfloat16",
+        help="ours with each of these config.model.matmul_precision values (bfloat16: rounded "
+        "operands, float32 sums)",
+    )
     parser.add_argument("--out", help="default: benchmarks/out/torch_reference_step.json")
     return parser.parse_args()
 
@@ -205,26 +214,35 @@ def torch_reference_search(batch: int, size: int, num_regions: int, certainty: f
     return search
 
 
-def jax_search(batch: int, size: int):
+def jax_search(batch: int, size: int, matmul_precision: str = "default"):
     """Our dynamic-budget search (`benchmarks/eval_search.py`'s batched grid, float32, δ 0.9):
     a no-argument callable returning the budgets."""
     import jax
 
     from benchmarks import eval_search
 
-    args = argparse.Namespace(config="imagenet9", size=size, batch=batch, certainty=0.9)
+    args = argparse.Namespace(
+        config="imagenet9",
+        size=size,
+        batch=batch,
+        certainty=0.9,
+        matmul_precision=matmul_precision,
+    )
     searcher, params, x, ids = eval_search.search_setup(args, "float32")
     compiled = searcher("grid", None).lower(params, x, ids).compile()
     return lambda: jax.block_until_ready(compiled(params, x, ids)[0])
 
 
-def jax_step(batch: int, size: int):
-    """Our compiled paper step (`benchmarks/train_step.py`), float32: a no-argument callable."""
+def jax_step(batch: int, size: int, matmul_precision: str = "default"):
+    """Our compiled paper step (`benchmarks/train_step.py`), float32 (parameters, activations
+    and, with `matmul_precision` "default", the products): a no-argument callable."""
     import jax
 
     from benchmarks import train_step
 
-    args = argparse.Namespace(config="imagenet9", size=size, batch=batch)
+    args = argparse.Namespace(
+        config="imagenet9", size=size, batch=batch, matmul_precision=matmul_precision
+    )
     compiled, state, inputs = train_step.compiled_step(args, "float32")
     holder = {"state": state}
 
@@ -263,13 +281,16 @@ def main() -> None:
     builders = {
         "train": (
             lambda: torch_reference_step(args.batch, args.size, args.regions),
-            lambda: jax_step(args.batch, args.size),
+            lambda precision: jax_step(args.batch, args.size, precision),
         ),
         "eval": (
             lambda: torch_reference_search(args.batch, args.size, args.regions),
-            lambda: jax_search(args.batch, args.size),
+            lambda precision: jax_search(args.batch, args.size, precision),
         ),
     }
+    # "ours" is the float32 step; "ours_bfloat16_matmuls" rounds its products' operands.
+    names = {"default": "ours", "bfloat16": "ours_bfloat16_matmuls"}
+    precisions = args.matmul_precisions.split(",")
     result = {
         "benchmark": "torch_reference_step",
         "device": {**device_info(), "torch": torch.__version__},
@@ -277,21 +298,25 @@ def main() -> None:
         "image_size": args.size,
         "num_regions": args.regions,
         "dtype": "float32",
+        "matmul_precisions": {names[p]: p for p in precisions},
         "rounds": args.rounds,
         "calls_per_sample": args.inner,
     }
     for what in args.what.split(","):
         reference, ours = builders[what]
-        result[what] = _side_by_side({"torch_reference": reference(), "ours": ours()}, args)
+        calls = {"torch_reference": reference()}
+        calls.update({names[p]: ours(p) for p in precisions})
+        result[what] = _side_by_side(calls, args)
         for name, row in result[what]["results"].items():
-            print(f"{what} {name:16s} {row['median_ms']:8.1f} ms  {row['images_per_s']:6.2f} img/s")
-        print(f"{what}: ours vs the re-created reference {result[what]['speedup_median']:.2f}x")
+            print(f"{what} {name:22s} {row['median_ms']:8.1f} ms  {row['images_per_s']:6.2f} img/s")
+        for name, speedup in result[what]["speedup_median"].items():
+            print(f"{what}: {name} vs the re-created reference {speedup:.2f}x")
     write_json(result, args.out, "torch_reference_step.json")
 
 
 def _side_by_side(calls: dict, args: argparse.Namespace) -> dict:
-    """Alternates the two callables (rounds swap which goes first); per-call times and the
-    per-round speed ratio of ours to the reference."""
+    """Alternates the callables (rounds reverse their order); per-call times and, for each of
+    ours, the per-round speed ratio to "torch_reference"."""
     for call in calls.values():  # warm-up: compilation, allocator, oneDNN primitives
         for _ in range(3):
             call()
@@ -300,7 +325,12 @@ def _side_by_side(calls: dict, args: argparse.Namespace) -> dict:
         order = list(calls) if round_index % 2 == 0 else list(reversed(calls))
         for name in order:
             samples[name].append(_seconds_per_step(calls[name], args.inner))
-    ratios = [t / o for t, o in zip(samples["torch_reference"], samples["ours"], strict=True)]
+    reference = samples["torch_reference"]
+    ratios = {
+        name: [t / o for t, o in zip(reference, times, strict=True)]
+        for name, times in samples.items()
+        if name != "torch_reference"
+    }
     return {
         "results": {
             name: {
@@ -313,7 +343,7 @@ def _side_by_side(calls: dict, args: argparse.Namespace) -> dict:
             for name, times in samples.items()
         },
         "speedup_per_round": ratios,
-        "speedup_median": statistics.median(ratios),
+        "speedup_median": {name: statistics.median(r) for name, r in ratios.items()},
     }
 
 

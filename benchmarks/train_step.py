@@ -159,6 +159,13 @@ def add_kernel_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="config.model.pool_method: region pooling (pallas*: GPU kernels)",
     )
+    parser.add_argument(
+        "--matmul-precision",
+        choices=("default", "bfloat16"),
+        default="default",
+        help="config.model.matmul_precision: the ViT's and MobileNet's matrix products "
+        "(bfloat16: rounded operands, float32 sums)",
+    )
 
 
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:
@@ -171,13 +178,6 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "conv", "shifted_sum"),
         default="auto",
         help="config.model.depthwise_method: the MobileNet's depthwise convolutions",
-    )
-    parser.add_argument(
-        "--matmul-precision",
-        choices=("default", "bfloat16"),
-        default="default",
-        help="config.model.matmul_precision: the ViT's and MobileNet's matrix products "
-        "(bfloat16: rounded operands, float32 sums)",
     )
     add_kernel_arguments(parser)
     for name, default, help_text in (

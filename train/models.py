@@ -70,9 +70,9 @@ def create_classifier(
 ) -> nnx.Module:
     """The classifier called `name` (one of `CLASSIFIERS`); `widths`, `strides`: "small_cnn"
     only (None: stride 2 in every stage); `scan_layers`: ViTs only (`ViT.encode`);
-    `attention`, `remat_layers`, `block_kernels`, `matmul_precision`: ViT-Ti/S/B only
-    (`vit.Attention`, `ViT`)."""
-    _check_matmul_precision(matmul_precision, name, ("vit_ti", "vit_s", "vit_b"))
+    `attention`, `remat_layers`, `block_kernels`: ViT-Ti/S/B only (`vit.Attention`, `ViT`);
+    `matmul_precision`: ViTs only."""
+    _check_matmul_precision(matmul_precision, name, ("small_vit", "vit_ti", "vit_s", "vit_b"))
     if name == "small_cnn":
         return SmallCNNClassifier(
             num_classes, widths=tuple(widths), strides=strides and tuple(strides), rngs=rngs
@@ -83,6 +83,7 @@ def create_classifier(
             image_size=image_size,
             patch_size=patch_size,
             scan_layers=scan_layers,
+            matmul_precision=matmul_precision,
             rngs=rngs,
         )
     if name.startswith("vit_"):

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from grouped_select.backbones.matmul import MatmulPrecision
 from grouped_select.backbones.vit import ViT, ViTVariant
 
 
@@ -101,6 +102,7 @@ def small_vit_classifier(
     image_size: int = 64,
     patch_size: int = 8,
     scan_layers: bool = True,
+    matmul_precision: MatmulPrecision = "default",
     rngs: nnx.Rngs,
 ) -> ViT:
     """The CPU-sized classifier: a 3-layer, 64-wide ViT (about 118k parameters).
@@ -110,6 +112,7 @@ def small_vit_classifier(
       image_size: input side (a multiple of `patch_size`).
       patch_size: patch side.
       scan_layers: run the blocks as one `lax.scan` (see `ViT.encode`).
+      matmul_precision: its products' ("default" or "bfloat16", see `ViT`).
       rngs: initialisation keys.
 
     Returns:
@@ -121,6 +124,7 @@ def small_vit_classifier(
         image_size=image_size,
         patch_size=patch_size,
         scan_layers=scan_layers,
+        matmul_precision=matmul_precision,
         rngs=rngs,
     )
 

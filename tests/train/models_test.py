@@ -110,7 +110,7 @@ def test_matmul_precision_reaches_both_networks_or_is_refused(tiny_config):
     }
     assert pointwise == {"bfloat16"}
     tiny_config.model.selector = "small"
-    with pytest.raises(ValueError, match="matmul_precision='bfloat16' applies to lraspp"):
+    with pytest.raises(ValueError, match="matmul_precision=.bfloat16. applies to lraspp"):
         models.create_model(tiny_config, 3, seed=0)
     tiny_config.model.matmul_precision = "tf32"
     with pytest.raises(ValueError, match="is not one of"):
