@@ -18,15 +18,21 @@ SELECTORS = ("small", "lraspp_mobilenet_v3_large")
 CLASSIFIERS = ("small_cnn", "small_vit", "vit_ti", "vit_s", "vit_b", "resnet18", "resnet34")
 
 
-def _check_matmul_precision(precision: str, name: str, supported: tuple[str, ...]) -> None:
+# The networks whose matrix products `config.model.matmul_precision` sets.
+MATMUL_PRECISION_NETWORKS = ("lraspp_mobilenet_v3_large", "small_vit", "vit_ti", "vit_s", "vit_b")
+
+
+def _check_matmul_precision(precision: str, *names: str) -> None:
+    """Refuses an unknown precision, or a rounding precision that none of `names` uses."""
     if precision not in MATMUL_PRECISIONS:
         raise ValueError(
             f"config.model.matmul_precision={precision!r} is not one of {MATMUL_PRECISIONS}."
         )
-    if precision != "default" and name not in supported:
+    if names and precision != "default" and not set(names) & set(MATMUL_PRECISION_NETWORKS):
         raise ValueError(
-            f"config.model.matmul_precision={precision!r} applies to {', '.join(supported)}; "
-            f"{name!r} computes its products in the compute dtype: set it to 'default'."
+            f"config.model.matmul_precision={precision!r} applies to "
+            f"{', '.join(MATMUL_PRECISION_NETWORKS)}; {' and '.join(map(repr, names))} would "
+            "ignore it: set it to 'default'."
         )
 
 
@@ -41,7 +47,7 @@ def create_selector_backbone(
     """The selector backbone called `name` (one of `SELECTORS`); `low_stride`: "small" only;
     `depthwise_method`: the MobileNet's depthwise convs ("auto", "conv" or "shifted_sum");
     `matmul_precision`: the MobileNet's 1x1 convs ("default" or "bfloat16")."""
-    _check_matmul_precision(matmul_precision, name, ("lraspp_mobilenet_v3_large",))
+    _check_matmul_precision(matmul_precision)
     if name == "small":
         return SmallSelectorBackbone(low_stride=low_stride, rngs=rngs)
     if name == "lraspp_mobilenet_v3_large":
@@ -72,7 +78,7 @@ def create_classifier(
     only (None: stride 2 in every stage); `scan_layers`: ViTs only (`ViT.encode`);
     `attention`, `remat_layers`, `block_kernels`: ViT-Ti/S/B only (`vit.Attention`, `ViT`);
     `matmul_precision`: ViTs only."""
-    _check_matmul_precision(matmul_precision, name, ("small_vit", "vit_ti", "vit_s", "vit_b"))
+    _check_matmul_precision(matmul_precision)
     if name == "small_cnn":
         return SmallCNNClassifier(
             num_classes, widths=tuple(widths), strides=strides and tuple(strides), rngs=rngs
@@ -121,6 +127,10 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
       `config.model.kind` is "black_box".
     """
     rngs = nnx.Rngs(seed)
+    networks = [config.model.classifier]
+    if config.model.kind != "black_box":
+        networks.append(config.model.selector)
+    _check_matmul_precision(config.model.matmul_precision, *networks)
 
     def classifier():
         return create_classifier(

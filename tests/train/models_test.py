@@ -109,8 +109,11 @@ def test_matmul_precision_reaches_both_networks_or_is_refused(tiny_config):
         if getattr(layer, "pointwise", False)
     }
     assert pointwise == {"bfloat16"}
-    tiny_config.model.selector = "small"
-    with pytest.raises(ValueError, match="matmul_precision=.bfloat16. applies to lraspp"):
+    tiny_config.model.selector = "small"  # a CNN: the ViT alone rounds its products
+    model = nnx.eval_shape(lambda: models.create_model(tiny_config, 3, seed=0))
+    assert model.classifier.matmul_precision == "bfloat16"
+    tiny_config.model.classifier = "small_cnn"
+    with pytest.raises(ValueError, match="'small_cnn' and 'small' would ignore it"):
         models.create_model(tiny_config, 3, seed=0)
     tiny_config.model.matmul_precision = "tf32"
     with pytest.raises(ValueError, match="is not one of"):

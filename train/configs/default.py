@@ -91,7 +91,8 @@ def get_config() -> ml_collections.ConfigDict:
     # it measured fastest; conv on TPU). Same parameters and results; only the speed differs
     # (benchmarks/RESULTS.md).
     model.depthwise_method = "auto"
-    # ViT-Ti/S/B and MobileNet selector's matrix products (linear layers, 1x1 convs):
+    # The ViTs' (small_vit, ViT-Ti/S/B) and MobileNet selector's matrix products (linear
+    # layers, attention, 1x1 convs; the CNNs have none and keep their convolutions):
     # "default" (in the compute dtype), or "bfloat16": operands rounded to bfloat16, sums in
     # float32, activations left in the compute dtype (as a TPU computes float32 products at
     # JAX's default precision). On a CPU with AMX these products run ~4x faster
