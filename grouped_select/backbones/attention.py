@@ -43,26 +43,26 @@ def _product(spec: str, a: jax.Array, b: jax.Array, matmul_precision: MatmulPrec
     return jnp.einsum(spec, *rounded, preferred_element_type=jnp.float32).astype(dtype)
 
 
-def _scores(q: jax.Array, k: jax.Array, precision: MatmulPrecision) -> jax.Array:
+def _scores(q: jax.Array, k: jax.Array, matmul_precision: MatmulPrecision) -> jax.Array:
     """[B, N, H, D] x [B, M, H, D] -> [B, H, N, M] float32 scaled scores."""
     scores = _product(
         "bnhd,bmhd->bhnm",
         q,
         k,
-        precision,
+        matmul_precision,
         precision=_score_precision(q.dtype),
         preferred_element_type=jnp.promote_types(q.dtype, jnp.float32),
     )
     return scores * jnp.asarray(q.shape[-1] ** -0.5, scores.dtype)
 
 
-def _forward(q, k, v, precision):
-    scores = _scores(q, k, precision).astype(jnp.float32)
+def _forward(q, k, v, matmul_precision):
+    scores = _scores(q, k, matmul_precision).astype(jnp.float32)
     top = jnp.max(scores, axis=-1, keepdims=True)
     unnormalised = jnp.exp(scores - top)
     total = jnp.sum(unnormalised, axis=-1, keepdims=True)
     probs = (unnormalised / total).astype(k.dtype)
-    out = _product("bhnm,bmhd->bnhd", probs, v, precision)
+    out = _product("bhnm,bmhd->bnhd", probs, v, matmul_precision)
     return out, top + jnp.log(total)
 
 
@@ -92,22 +92,22 @@ def _attention_forward(q, k, v, matmul_precision):
 
 def _attention_backward(matmul_precision, residuals, d_out):
     q, k, v, out, log_sum_exp = residuals
-    precision = matmul_precision
-    probs = jnp.exp(_scores(q, k, precision).astype(jnp.float32) - log_sum_exp)  # [B, H, N, M]
-    d_v = _product("bhnm,bnhd->bmhd", probs.astype(v.dtype), d_out, precision)
+    scores = _scores(q, k, matmul_precision).astype(jnp.float32)
+    probs = jnp.exp(scores - log_sum_exp)  # [B, H, N, M]
+    d_v = _product("bhnm,bnhd->bmhd", probs.astype(v.dtype), d_out, matmul_precision)
     d_probs = _product(
         "bnhd,bmhd->bhnm",
         d_out,
         v,
-        precision,
+        matmul_precision,
         preferred_element_type=jnp.promote_types(v.dtype, jnp.float32),
     )
     # Σ_m p_nm dp_nm = dO_n · O_n: a sum over D, not over the M keys (module docstring).
     row_sums = jnp.einsum("bnhd,bnhd->bhn", d_out.astype(jnp.float32), out.astype(jnp.float32))
     d_scores = probs * (d_probs.astype(jnp.float32) - row_sums[..., None]) * q.shape[-1] ** -0.5
     d_scores = d_scores.astype(q.dtype)
-    d_q = _product("bhnm,bmhd->bnhd", d_scores, k, precision)
-    d_k = _product("bhnm,bnhd->bmhd", d_scores, q, precision)
+    d_q = _product("bhnm,bmhd->bnhd", d_scores, k, matmul_precision)
+    d_k = _product("bhnm,bnhd->bmhd", d_scores, q, matmul_precision)
     return d_q, d_k, d_v
 
 

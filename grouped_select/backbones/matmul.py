@@ -36,11 +36,15 @@ def matmul(x: jax.Array, w: jax.Array, precision: MatmulPrecision = "default") -
     Returns:
       [..., N] in the promoted dtype of x and w.
     """
-    if precision == "default":
+    if _checked(precision) == "default":
         return jnp.matmul(x, w)
-    if precision != "bfloat16":
-        raise ValueError(f"matmul precision must be one of {MATMUL_PRECISIONS}, got {precision!r}.")
     return bfloat16_matmul(x, w)
+
+
+def _checked(precision: str) -> str:
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul precision must be one of {MATMUL_PRECISIONS}, got {precision!r}.")
+    return precision
 
 
 def bfloat16_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -105,10 +109,8 @@ def dot_general(precision: MatmulPrecision):
     bfloat16 version computes. The same function object for each precision, so that modules
     built alike have equal graph definitions.
     """
-    if precision == "default":
+    if _checked(precision) == "default":
         return jax.lax.dot_general
-    if precision != "bfloat16":
-        raise ValueError(f"matmul precision must be one of {MATMUL_PRECISIONS}, got {precision!r}.")
     return _bfloat16_dot_general
 
 

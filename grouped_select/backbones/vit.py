@@ -291,7 +291,7 @@ class EncoderBlock(nnx.Module):
         rngs: nnx.Rngs,
     ):
         """Builds one block of `variant`'s width (`attention`: see `Attention`;
-        `matmul_precision`: its linear layers', `grouped_select.backbones.matmul`)."""
+        `matmul_precision`: its linear layers' and attention's, `Attention`)."""
         if block_kernels not in BLOCK_KERNELS:
             raise ValueError(f"block_kernels {block_kernels!r} is not one of {BLOCK_KERNELS}.")
         dim = variant.hidden_size
