@@ -15,6 +15,8 @@ pixels by up to 6 levels. The arithmetic is arranged so that XLA's fused multipl
 change a pixel: every compilation (one device or a mesh, CPU or GPU) gives the same images.
 """
 
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -301,7 +303,12 @@ def adjust_hue(images: ArrayLike, steps: ArrayLike) -> jax.Array:
     return _image(_hue(_planes(images), jnp.asarray(steps, jnp.float32)))
 
 
-def color_jitter(images: ArrayLike, factors: ArrayLike, order: ArrayLike) -> jax.Array:
+JitterMethod = Literal["auto", "select", "per_image"]
+
+
+def color_jitter(
+    images: ArrayLike, factors: ArrayLike, order: ArrayLike, *, method: JitterMethod = "auto"
+) -> jax.Array:
     """torchvision's ColorJitter with given parameters, one set per image.
 
     Args:
@@ -310,20 +317,53 @@ def color_jitter(images: ArrayLike, factors: ArrayLike, order: ArrayLike) -> jax
         in steps of 1/256 of the circle (as drawn by `sample_color_jitter`).
       order: [B, 4] int32: the operations in the order applied (BRIGHTNESS, CONTRAST,
         SATURATION, HUE), SKIP for a disabled one.
+      method: how each image gets its own operations; both give the same pixels.
+        "select": all four adjustments computed at each of the four positions for the whole
+        batch, one selected per image (no per-image control flow; GPU, TPU).
+        "per_image": one image at a time (`lax.map`), each position a `lax.switch` that runs
+        only that image's adjustment: a quarter of the arithmetic, but images in sequence
+        (CPU: 18 -> 3.4 ms with the normalisation, batch 4 at 224², 2 cores).
+        "auto": "per_image" on CPU, else "select".
 
     Returns:
       [B, H, W, 3] uint8.
     """
     factors = jnp.asarray(factors, jnp.float32)
     order = jnp.asarray(order, jnp.int32)
-    planes = _planes(images)
+    if method == "auto":
+        method = "per_image" if jax.default_backend() == "cpu" else "select"
+    if method == "select":
+        return _image(_jitter_selected(_planes(images), factors, order))
+    if method == "per_image":
+        return lax.map(_jitter_one_image, (_rgb_uint8(images), factors, order))
+    raise ValueError(f"method must be 'auto', 'select' or 'per_image', got {method!r}.")
+
+
+def _jitter_selected(planes: Planes, factors: jax.Array, order: jax.Array) -> Planes:
+    """[B, H, W] planes; factors and order [B, 4]."""
     for position in range(order.shape[1]):
         op = _per_image(order[:, position], planes[0])
-        # Each image takes its own operation: all four are computed and one is selected per
-        # image (a per-image branch would serialise the batch).
         out = planes
         for op_id, adjust in enumerate(_ADJUSTMENTS):
             adjusted = adjust(planes, factors[:, op_id])
             out = tuple(jnp.where(op == op_id, a, o) for a, o in zip(adjusted, out, strict=True))
         planes = out
-    return _image(planes)
+    return planes
+
+
+def _jitter_one_image(image_factors_order: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+    """One image: [H, W, 3] uint8, factors and order [4] -> [H, W, 3] uint8."""
+    image, factors, order = image_factors_order
+    return _image(_jitter_switched(_planes(image[None]), factors, order))[0]
+
+
+def _jitter_switched(planes: Planes, factors: jax.Array, order: jax.Array) -> Planes:
+    """One image: [1, H, W] planes; factors and order [4]."""
+
+    def branch(op_id: int):
+        return lambda planes: _ADJUSTMENTS[op_id](planes, factors[op_id][None])
+
+    branches = [lambda planes: planes] + [branch(op_id) for op_id in range(len(_ADJUSTMENTS))]
+    for position in range(order.shape[0]):
+        planes = lax.switch(order[position] - SKIP, branches, planes)  # SKIP -> identity
+    return planes

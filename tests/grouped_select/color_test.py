@@ -1,5 +1,7 @@
 """grouped_select.color against Pillow (torchvision's ColorJitter on PIL images), jitted."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -84,14 +86,22 @@ def test_hue_shift_close_to_pillow(images):
     assert np.abs(got - images).mean() > 5  # the shifts do change the images
 
 
-def test_color_jitter_applies_each_images_order(images):
+METHODS = ("select", "per_image")
+
+
+def _jitter(method: str):
+    return jax.jit(functools.partial(color.color_jitter, method=method))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_color_jitter_applies_each_images_order(images, method):
     """Parameters drawn as in training, applied in each image's own order, equal Pillow's
     sequence of adjustments (exact but for the hue's rare float32 differences)."""
     rng = np.random.default_rng(3)
     params = color.sample_color_jitter(rng, batch=len(images))
     factors, order = params["jitter_factors"], params["jitter_order"]
     order[1, 2] = color.SKIP  # one image skips an adjustment
-    got = np.asarray(jax.jit(color.color_jitter)(images, factors, order)).astype(int)
+    got = np.asarray(_jitter(method)(images, factors, order)).astype(int)
     for x, f, o, g in zip(images, factors, order, got, strict=True):
         want = x
         for op in o[o != color.SKIP]:
@@ -100,22 +110,44 @@ def test_color_jitter_applies_each_images_order(images):
     assert len({tuple(o) for o in order}) > 1  # the images really had different orders
 
 
-def test_color_jitter_sharded_over_the_batch_equals_one_device(images):
+def test_color_jitter_methods_give_the_same_pixels(images):
+    """One image at a time with a switch (CPU) and all four adjustments selected per image
+    (accelerators) are the same computation; every order and skip pattern drawn."""
+    rng = np.random.default_rng(5)
+    images = np.concatenate([images] * 4)
+    params = color.sample_color_jitter(rng, batch=len(images))
+    factors, order = params["jitter_factors"], params["jitter_order"]
+    order[rng.random(order.shape) < 0.2] = color.SKIP
+    select, per_image = (np.asarray(_jitter(m)(images, factors, order)) for m in METHODS)
+    np.testing.assert_array_equal(per_image, select)
+    assert (select != images).mean() > 0.5  # the adjustments changed the images
+
+
+def test_color_jitter_rejects_an_unknown_method(images):
+    with pytest.raises(ValueError, match="per_image"):
+        color.color_jitter(
+            images, np.ones((6, 4), np.float32), np.zeros((6, 4), np.int32), method="loop"
+        )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_color_jitter_sharded_over_the_batch_equals_one_device(images, method):
     """As the training step runs it: the batch split over a mesh's data axis."""
     rng = np.random.default_rng(4)
     images = np.concatenate([images, images[:2]])  # 8 images, one per device
     params = color.sample_color_jitter(rng, batch=len(images))
     args = [images, params["jitter_factors"], params["jitter_order"]]
-    one = np.asarray(jax.jit(color.color_jitter)(*args))
+    one = np.asarray(_jitter(method)(*args))
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     sharded = jax.device_put(args, NamedSharding(mesh, PartitionSpec("data")))
-    np.testing.assert_array_equal(jax.jit(color.color_jitter)(*sharded), one)
+    np.testing.assert_array_equal(_jitter(method)(*sharded), one)
 
 
-def test_color_jitter_skipping_everything_is_identity(images):
+@pytest.mark.parametrize("method", METHODS)
+def test_color_jitter_skipping_everything_is_identity(images, method):
     factors = np.tile(np.array([1.7, 0.2, 0.0, 40.0], np.float32), (len(images), 1))
     order = np.full((len(images), 4), color.SKIP, np.int32)
-    np.testing.assert_array_equal(jax.jit(color.color_jitter)(images, factors, order), images)
+    np.testing.assert_array_equal(_jitter(method)(images, factors, order), images)
 
 
 def test_normalize_equals_torchvision_float32_bit_for_bit():
