@@ -126,9 +126,14 @@ def mask_image(image: ArrayLike, pixel_mask: ArrayLike, fill_value: ArrayLike) -
       [..., B, H, W, C] masked image in the image's dtype.
     """
     image = jnp.asarray(image)
-    mask = jnp.asarray(pixel_mask)[..., None].astype(image.dtype)
-    fill = jnp.asarray(fill_value, image.dtype)
-    return image * mask + fill * (1 - mask)
+    mask = jnp.asarray(pixel_mask).astype(image.dtype)
+    fill = jnp.broadcast_to(jnp.asarray(fill_value, image.dtype), image.shape[-1:])
+    # Channel by channel rather than the mask broadcast over [..., C]: the mask's gradient
+    # is then an elementwise sum of C products, not a reduction over a minor axis of 3,
+    # which XLA's CPU backend hands to a YNNPACK reduction (14.5 -> ~1 ms per training step
+    # at batch 4, 224²). Same values, same fused loop on accelerators.
+    channels = [image[..., c] * mask + fill[c] * (1 - mask) for c in range(image.shape[-1])]
+    return jnp.stack(channels, axis=-1)
 
 
 def mask_regions(
