@@ -4,7 +4,8 @@
 
 The paper's backbones with random weights (so no image ever becomes confident and the search
 runs all 20 classifier passes, like the reference's measured "untrained" case). Methods:
-the batched grid (all budgets in one classifier batch, or in chunks) and the early-exit
+"grid" (all 20 budgets in one classifier batch), "grid_chunkN" (N budgets per classifier
+batch; grid_chunk1 is one budget at a time, as the published loop) and the early-exit
 `lax.while_loop`. All give the same budgets (checked here). `--profile-dir` also profiles
 the first method per dtype (`profile_step.profile_calls`: device time per op and model part).
 """
@@ -74,7 +75,9 @@ def bench_dtype(args, dtype: str) -> dict:
     searcher, params, x, ids = search_setup(args, dtype)
     results, budgets = {}, {}
     for method in args.methods.split(","):
-        kind, chunk = ("grid", 5) if method == "grid_chunk5" else (method, None)
+        kind, chunk = method, None
+        if method.startswith("grid_chunk"):
+            kind, chunk = "grid", int(method.removeprefix("grid_chunk"))
         search = searcher(kind, chunk)
         timing = time_fn(search, params, x, ids, warmup=2, repeats=args.repeats, inner=3)
         budgets[method] = np.asarray(search(params, x, ids)[0])

@@ -54,7 +54,7 @@ optional() {
 step train_step_bf16_fast python3 benchmarks/train_step.py --dtypes bfloat16 --attention cudnn \
   --remat-layers true --repeats 5 --out "$results/train_step_bf16_fast.json"
 step eval_search_bf16_fast python3 benchmarks/eval_search.py --dtypes bfloat16 \
-  --methods grid_chunk5 --attention cudnn --block-kernels pallas \
+  --methods grid_chunk5,grid --attention cudnn --block-kernels pallas \
   --out "$results/eval_search_bf16_fast.json"
 # The fused block kernels alone against XLA's, several work divisions, at the step's and the
 # search's token counts.

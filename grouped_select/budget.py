@@ -131,7 +131,9 @@ def _grid_log_probs(model, x, region_ids, base, grid, grid_chunk) -> jax.Array:
         scores = model.selector.with_budget(base, tau)
         return model.classify_selection(x, region_ids, scores).log_probs
 
-    return jax.lax.map(at, grid, batch_size=grid_chunk)  # [G, B, C]
+    if grid_chunk is None or grid_chunk >= grid.shape[0]:
+        return jax.vmap(at)(grid)  # [G, B, C]: one classifier batch of G x B images
+    return jax.lax.map(at, grid, batch_size=grid_chunk)  # a loop over chunks of budgets
 
 
 def dynamic_budget_search(

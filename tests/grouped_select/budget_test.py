@@ -1,5 +1,7 @@
 """Dynamic budget search: the reference's semantics, both implementations, jitted."""
 
+import re
+
 import chex
 import jax
 import numpy as np
@@ -78,6 +80,27 @@ def test_grid_chunks_give_the_same_result(case):
     ]
     chex.assert_trees_all_close(results[0], results[1], atol=1e-6)
     np.testing.assert_allclose(results[0].max_probs, probs, atol=1e-5)
+
+
+def test_grid_without_chunks_classifies_all_budgets_in_one_batch(case):
+    """grid_chunk=None is one classifier batch of G x B images, not a loop over the budgets
+    (`lax.map` without a batch size would be a sequential scan)."""
+    model, x, ids, _ = case
+    graphdef, state = nnx.split(model)
+
+    def scans(chunk):
+        def search(state):
+            m = nnx.merge(graphdef, state)
+            return budget_lib.dynamic_budget_search(
+                m, x, ids, 0.9, num_regions=NUM_REGIONS, grid_chunk=chunk
+            ).budget
+
+        jaxpr = str(jax.make_jaxpr(search)(state))
+        return jaxpr.count(" scan["), len(re.findall(r"length=20\b", jaxpr))
+
+    (in_model, none_of_20), looped = scans(None), scans(1)
+    assert none_of_20 == 0 and looped == (in_model + 1, 1)  # one scan more: 20 classifier calls
+    assert scans(len(budget_lib.budget_grid())) == (in_model, 0)
 
 
 def test_many_certainties_in_one_sweep_equal_separate_searches(case):
