@@ -66,7 +66,13 @@ def _forward(q, k, v, matmul_precision):
     return out, top + jnp.log(total)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+# On CPU, images' attention runs in blocks of this many: the [B, heads, N, N] scores of more
+# images fall out of cache. ViT-Ti's attention forward (197 tokens, 3 heads) per image on the
+# 2-core Xeon: 0.45 ms (float32) and 0.26 (bfloat16 products) at B = 4, 1.07 and 0.91 at
+# B = 20, 0.51 and 0.36 at B = 20 in blocks.
+CPU_IMAGES_PER_BLOCK = 4
+
+
 def attention(
     q: jax.Array, k: jax.Array, v: jax.Array, matmul_precision: MatmulPrecision = "default"
 ) -> jax.Array:
@@ -80,8 +86,25 @@ def attention(
         float32.
 
     Returns:
-      [B, N, heads, D] in the dtype of the inputs.
+      [B, N, heads, D] in the dtype of the inputs. On CPU, more than `CPU_IMAGES_PER_BLOCK`
+      images are computed that many at a time (`lax.map`; same values).
     """
+    batch = q.shape[0]
+    if jax.default_backend() != "cpu" or batch <= CPU_IMAGES_PER_BLOCK:
+        return _attention(q, k, v, matmul_precision)
+    blocks = -(-batch // CPU_IMAGES_PER_BLOCK)
+
+    def in_blocks(x):  # [B, ...] -> [blocks, CPU_IMAGES_PER_BLOCK, ...], zero images appended
+        x = jnp.pad(x, [(0, blocks * CPU_IMAGES_PER_BLOCK - batch)] + [(0, 0)] * (x.ndim - 1))
+        return x.reshape(blocks, CPU_IMAGES_PER_BLOCK, *x.shape[1:])
+
+    out = lax.map(lambda qkv: _attention(*qkv, matmul_precision), tuple(map(in_blocks, (q, k, v))))
+    return out.reshape(-1, *out.shape[2:])[:batch]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _attention(q, k, v, matmul_precision):
+    """`attention` on one block of images."""
     return _forward(q, k, v, matmul_precision)[0]
 
 
@@ -111,4 +134,4 @@ def _attention_backward(matmul_precision, residuals, d_out):
     return d_q, d_k, d_v
 
 
-attention.defvjp(_attention_forward, _attention_backward)
+_attention.defvjp(_attention_forward, _attention_backward)

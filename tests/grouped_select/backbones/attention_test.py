@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grouped_select.backbones.attention import attention
+from grouped_select.backbones.attention import CPU_IMAGES_PER_BLOCK, attention
 
 
 def _value_and_grads(fn, q, k, v, cotangent):
@@ -20,17 +20,20 @@ def _jax_attention(q, k, v):
     return jax.nn.dot_product_attention(q, k, v, implementation="xla")
 
 
-@pytest.mark.parametrize("tokens,keys", [(9, 9), (7, 12)])
-def test_float32_values_and_gradients_match_jax(tokens, keys):
+@pytest.mark.parametrize("batch,tokens,keys", [(2, 9, 9), (2, 7, 12), (10, 9, 9)])
+def test_float32_values_and_gradients_match_jax(batch, tokens, keys):
     """The output and all three gradients against autodiff of `jax.nn.dot_product_attention`
-    (queries and keys of different lengths: the row sums run over the right axis)."""
+    (queries and keys of different lengths: the row sums run over the right axis; 10 images:
+    on CPU three blocks of `CPU_IMAGES_PER_BLOCK`, the last padded)."""
     rng = jax.random.split(jax.random.key(0), 4)
-    q = 3 * jax.random.normal(rng[0], (2, tokens, 3, 8))  # peaked softmax rows
-    k = jax.random.normal(rng[1], (2, keys, 3, 8))
-    v = jax.random.normal(rng[2], (2, keys, 3, 8))
-    cotangent = jax.random.normal(rng[3], (2, tokens, 3, 8))
+    q = 3 * jax.random.normal(rng[0], (batch, tokens, 3, 8))  # peaked softmax rows
+    k = jax.random.normal(rng[1], (batch, keys, 3, 8))
+    v = jax.random.normal(rng[2], (batch, keys, 3, 8))
+    cotangent = jax.random.normal(rng[3], (batch, tokens, 3, 8))
     out = jax.jit(attention)(q, k, v)
-    chex.assert_shape(out, (2, tokens, 3, 8))
+    chex.assert_shape(out, (batch, tokens, 3, 8))
+    blocked = batch > CPU_IMAGES_PER_BLOCK and jax.default_backend() == "cpu"
+    assert ("scan[" in str(jax.make_jaxpr(attention)(q, k, v))) == blocked
     np.testing.assert_allclose(out, jax.jit(_jax_attention)(q, k, v), rtol=1e-5, atol=1e-6)
     loss, grads = _value_and_grads(attention, q, k, v, cotangent)
     want_loss, want_grads = _value_and_grads(_jax_attention, q, k, v, cotangent)
