@@ -127,13 +127,26 @@ def dynamic_budget_searches(
 
 
 def _grid_log_probs(model, x, region_ids, base, grid, grid_chunk) -> jax.Array:
-    def at(tau):
-        scores = model.selector.with_budget(base, tau)
+    """[G, B, C]: the classifier's log-probabilities at every grid budget, `grid_chunk` budgets
+    (None: all) per classifier call.
+
+    A chunk's budgets are stacked along the batch axis, one classifier batch of chunk x B
+    images (the classifier is per image in evaluation mode), rather than vmapped: then the
+    classifier's own batching applies to all of them (on CPU its attention runs in blocks of
+    `attention.CPU_IMAGES_PER_BLOCK` images, which a vmapped axis would hide).
+    """
+
+    def at(taus: jax.Array) -> jax.Array:  # [g] -> [g, B, C]
+        scores = jax.vmap(model.selector.with_budget, in_axes=(None, 0))(base, taus)
         return model.classify_selection(x, region_ids, scores).log_probs
 
-    if grid_chunk is None or grid_chunk >= grid.shape[0]:
-        return jax.vmap(at)(grid)  # [G, B, C]: one classifier batch of G x B images
-    return jax.lax.map(at, grid, batch_size=grid_chunk)  # a loop over chunks of budgets
+    num_budgets = grid.shape[0]
+    if grid_chunk is None or grid_chunk >= num_budgets:
+        return at(grid)
+    whole = num_budgets // grid_chunk * grid_chunk  # a loop over the whole chunks, then the rest
+    chunks = jax.lax.map(at, grid[:whole].reshape(-1, grid_chunk))
+    out = chunks.reshape(whole, *chunks.shape[2:])
+    return out if whole == num_budgets else jnp.concatenate([out, at(grid[whole:])])
 
 
 def dynamic_budget_search(

@@ -10,7 +10,7 @@ HEAD_DIR = "budget_head"
 REPORT_FILE = "budget_head.json"
 
 
-def _search_and_features(model, num_regions, certainty, budget_step):
+def _search_and_features(model, num_regions, certainty, budget_step, budget_chunk):
     """Jitted (uint8 images, ids) -> (pooled features [B, F], searched τ* [B], search outputs)."""
     import jax
     from flax import nnx
@@ -24,7 +24,13 @@ def _search_and_features(model, num_regions, certainty, budget_step):
         m = nnx.merge(graphdef, state)
         images = color.normalize(pixels)
         search = budget.dynamic_budget_search(
-            m, images, region_ids, certainty, num_regions=num_regions, step=budget_step
+            m,
+            images,
+            region_ids,
+            certainty,
+            num_regions=num_regions,
+            step=budget_step,
+            grid_chunk=budget_chunk,
         )
         features = budget_head.pooled_features(*m.selector.features(images))
         return features, search.budget, search.outputs
@@ -157,7 +163,9 @@ def fit_and_measure(
     if not config.p2p.dynamic_budget or config.model.kind != "p2p":
         raise ValueError(f"{workdir} is not a dynamic-budget P2P run; it has no budget to learn.")
     num_regions = config.data.num_regions
-    collect = _search_and_features(model, num_regions, certainty, config.p2p.budget_step)
+    collect = _search_and_features(
+        model, num_regions, certainty, config.p2p.budget_step, config.p2p.budget_chunk or None
+    )
 
     def batches(split):
         c = config.copy_and_resolve_references()

@@ -140,6 +140,7 @@ def evaluate_run(
             certainty=certainty if dynamic else None,
             fixed_budget=config.p2p.fixed_budget,
             budget_step=config.p2p.budget_step,
+            grid_chunk=config.p2p.budget_chunk or None,
             deletion_fractions=deletion,
             insertion_fractions=insertion,
             fraction_chunk=fraction_chunk or None,

@@ -65,6 +65,7 @@ class StepSettings:
     compute_dtype: Any = jnp.float32
     certainties: tuple[float, ...] = (0.8, 0.9, 0.95, 0.99)
     budget_step: float = 0.05
+    budget_chunk: int | None = 5  # budgets per classifier batch in the search (None: all)
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -147,6 +148,7 @@ def step_settings(config: ml_collections.ConfigDict, steps_per_epoch: int) -> St
         compute_dtype=DTYPES[config.compute_dtype],
         certainties=tuple(float(c) for c in p.certainties),
         budget_step=p.budget_step,
+        budget_chunk=p.budget_chunk or None,
     )
 
 
@@ -410,6 +412,7 @@ def eval_step(
         s.certainties,
         num_regions=s.num_regions,
         step=s.budget_step,
+        grid_chunk=s.budget_chunk,
     )
     for certainty, search in zip(s.certainties, searches, strict=True):
         sums = _per_image(search.outputs, batch, weight)

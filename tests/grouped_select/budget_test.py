@@ -82,25 +82,31 @@ def test_grid_chunks_give_the_same_result(case):
     np.testing.assert_allclose(results[0].max_probs, probs, atol=1e-5)
 
 
-def test_grid_without_chunks_classifies_all_budgets_in_one_batch(case):
-    """grid_chunk=None is one classifier batch of G x B images, not a loop over the budgets
-    (`lax.map` without a batch size would be a sequential scan)."""
+def test_grid_chunks_are_classifier_batches_of_chunk_times_batch_images(case):
+    """grid_chunk=None is one classifier batch of G x B images (`lax.map` without a batch size
+    would have been a sequential scan over the budgets); chunks of g budgets are batches of
+    g x B images in a loop over the chunks."""
     model, x, ids, _ = case
     graphdef, state = nnx.split(model)
+    num_budgets, (batch, height, width, _) = len(budget_lib.budget_grid()), x.shape
 
-    def scans(chunk):
+    def jaxpr(chunk):
         def search(state):
             m = nnx.merge(graphdef, state)
             return budget_lib.dynamic_budget_search(
                 m, x, ids, 0.9, num_regions=NUM_REGIONS, grid_chunk=chunk
             ).budget
 
-        jaxpr = str(jax.make_jaxpr(search)(state))
-        return jaxpr.count(" scan["), len(re.findall(r"length=20\b", jaxpr))
+        return str(jax.make_jaxpr(search)(state))
 
-    (in_model, none_of_20), looped = scans(None), scans(1)
-    assert none_of_20 == 0 and looped == (in_model + 1, 1)  # one scan more: 20 classifier calls
-    assert scans(len(budget_lib.budget_grid())) == (in_model, 0)
+    def classifier_batches(text):  # sizes of the masked-image batches
+        return {int(n) for n in re.findall(rf"f32\[(\d+),{height},{width},3\]", text)}
+
+    assert num_budgets * batch in classifier_batches(jaxpr(None))
+    for chunk, loop in ((1, 20), (3, 6)):
+        text = jaxpr(chunk)
+        assert num_budgets * batch not in classifier_batches(text)
+        assert chunk * batch in classifier_batches(text) and f"length={loop}\n" in text
 
 
 def test_many_certainties_in_one_sweep_equal_separate_searches(case):

@@ -119,6 +119,24 @@ def test_eval_step_excludes_padding_and_reports_every_certainty(tiny_config):
     assert "certainty_0.9/mask_precision" in summary
 
 
+def test_eval_step_budget_chunks_give_the_same_sums(tiny_config):
+    """config.p2p.budget_chunk reaches the search: chunks of 3 budgets, one at a time and
+    all 20 at once (0) report the same budgets and accuracies."""
+    results = []
+    for chunk in (3, 1, 0):
+        tiny_config.p2p.budget_chunk = chunk
+        model, graphdef, state, _, settings = _setup(tiny_config)
+        assert settings.budget_chunk == (chunk or None)
+        eval_fn = functools.partial(
+            steps.eval_step, graphdef=steps.eval_graphdef(model), settings=settings
+        )
+        results.append(
+            jax.device_get(jax.jit(eval_fn)(state.params, state.rest, _batch(3, jitter=None)))
+        )
+    for other in results[1:]:
+        chex.assert_trees_all_close(other, results[0], atol=1e-5)
+
+
 def test_paper_backbones_train_and_update_batchnorm_statistics(tiny_config):
     """The LR-ASPP selector has BatchNorm: a step must update its running statistics."""
     tiny_config.model.selector = "lraspp_mobilenet_v3_large"
