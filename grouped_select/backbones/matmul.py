@@ -75,11 +75,24 @@ def _product(x, w):
 
 def _forward(x, w, x_dtype, w_dtype):
     x, w = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-    return _product(x, w), (x, w)  # the residuals are the rounded operands: half the bytes
+    # The residuals are the rounded operands (half the bytes), kept as their uint16 bit
+    # patterns: in a scan over layers each step writes its residuals into a stacked array,
+    # and XLA's CPU backend updates a bfloat16 array by converting all of it to float32 and
+    # back (every step rewrote every layer's residuals: ~30 ms of the paper's step at batch
+    # 4). Integers it updates in place; on accelerators the bitcasts are free.
+    return _product(x, w), (_to_bits(x), _to_bits(w))
+
+
+def _to_bits(x: jax.Array) -> jax.Array:
+    return jax.lax.bitcast_convert_type(x, jnp.uint16)
+
+
+def _from_bits(bits: jax.Array) -> jax.Array:
+    return jax.lax.bitcast_convert_type(bits, jnp.bfloat16)
 
 
 def _backward(x_dtype, w_dtype, residuals, grad):
-    x, w = residuals
+    x, w = (_from_bits(r) for r in residuals)
     out = grad.shape[-1]
     grad = grad.astype(jnp.bfloat16)
     d_x = _product(grad, w.T)

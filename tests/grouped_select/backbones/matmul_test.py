@@ -46,6 +46,35 @@ def test_bfloat16_matmul_keeps_the_input_dtypes():
     chex.assert_trees_all_equal_dtypes((y, d_x, d_w), (w, x, w))  # y: promoted, float32
 
 
+def test_scan_over_layers_stacks_the_residuals_as_integers():
+    """A scan's residual stacks are uint16 bit patterns, not bfloat16 arrays (XLA's CPU
+    backend would rewrite a whole stacked bfloat16 array at every step), and the gradients
+    are unchanged by the round trip."""
+    rng = np.random.default_rng(2)
+    weights = jnp.asarray(rng.normal(size=(3, 16, 16)) / 4, jnp.float32)
+    x = jnp.asarray(rng.normal(size=(8, 16)), jnp.float32)
+
+    def loss(weights, x, product):
+        def layer(h, w):
+            return jnp.tanh(product(h, w)), None
+
+        return jnp.sum(jax.lax.scan(layer, x, weights)[0])
+
+    grad = jax.grad(loss, argnums=(0, 1))
+    jaxpr = str(jax.make_jaxpr(grad, static_argnums=2)(weights, x, matmul.bfloat16_matmul))
+    assert "u16[3,8,16]" in jaxpr and "u16[3,16,16]" in jaxpr  # x and w, per layer
+    assert "bf16[3," not in jaxpr
+
+    def rounded(h, w):  # the same arithmetic by autodiff of a plain product
+        bf16 = (h.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+        return jnp.matmul(*bf16, preferred_element_type=jnp.float32)
+
+    got = jax.jit(grad, static_argnums=2)(weights, x, matmul.bfloat16_matmul)
+    want = jax.jit(jax.grad(loss, argnums=0), static_argnums=2)(weights, x, rounded)
+    np.testing.assert_allclose(got[0], want, rtol=2e-2, atol=2e-2)
+    assert float(jnp.abs(got[1]).max()) > 0
+
+
 def test_default_precision_is_the_plain_product_and_bad_names_fail():
     x = jax.random.normal(jax.random.key(3), (4, 8))
     w = jax.random.normal(jax.random.key(4), (8, 5))
