@@ -1,6 +1,7 @@
 """The jitted training step: sharded over 8 devices it equals the one-device step."""
 
 import functools
+import re
 
 import chex
 import jax
@@ -123,16 +124,18 @@ def test_eval_step_budget_chunks_give_the_same_sums(tiny_config):
     """config.p2p.budget_chunk reaches the search: chunks of 3 budgets, one at a time and
     all 20 at once (0) report the same budgets and accuracies."""
     results = []
-    for chunk in (3, 1, 0):
+    for chunk, loop in ((3, "length=6"), (1, "length=20"), (0, None)):
         tiny_config.p2p.budget_chunk = chunk
         model, graphdef, state, _, settings = _setup(tiny_config)
         assert settings.budget_chunk == (chunk or None)
         eval_fn = functools.partial(
             steps.eval_step, graphdef=steps.eval_graphdef(model), settings=settings
         )
-        results.append(
-            jax.device_get(jax.jit(eval_fn)(state.params, state.rest, _batch(3, jitter=None)))
-        )
+        args = (state.params, state.rest, _batch(3, jitter=None))
+        # The search's loop over chunks of budgets is in the traced step (none for all 20).
+        loops = re.findall(r"length=\d+", str(jax.make_jaxpr(eval_fn)(*args)))
+        assert (loop in loops) if loop else not {"length=6", "length=20"} & set(loops)
+        results.append(jax.device_get(jax.jit(eval_fn)(*args)))
     for other in results[1:]:
         chex.assert_trees_all_close(other, results[0], atol=1e-5)
 
