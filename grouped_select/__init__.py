@@ -23,6 +23,7 @@ from grouped_select.objective import (
     temperature,
 )
 from grouped_select.regions import (
+    broadcast_selections,
     broadcast_to_pixels,
     kept_fraction,
     pool_regions,
@@ -51,6 +52,7 @@ __all__ = [
     "TrainOutputs",
     "annealed_sparsity_weight",
     "black_value",
+    "broadcast_selections",
     "broadcast_to_pixels",
     "budget_grid",
     "covariance_penalty",

@@ -154,7 +154,9 @@ class P2P(nnx.Module):
           `EvalOutputs`.
         """
         selected = selection.hard_selection(scores.logits)
-        masked = selection.mask_regions(x, region_ids, selected, self.fill_value)
+        # 0/1 selections: one lookup per pixel for all leading entries (e.g. the budgets).
+        pixel_mask = regions.broadcast_selections(selected, region_ids)
+        masked = selection.mask_image(x, pixel_mask, self.fill_value)
         if log_probs is None:
             log_probs = objective.mc_log_probs(self.classify(masked)[None])
         kept_pixels = regions.kept_fraction(selected, scores.sizes)

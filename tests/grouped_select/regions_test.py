@@ -128,6 +128,20 @@ def test_broadcast_inverts_pooling_of_region_constant_features():
     )
 
 
+@pytest.mark.parametrize("lead", [(), (3,), (2, 20)])  # (2, 20): 40 entries, two words
+def test_broadcast_selections_equals_a_lookup_per_entry(lead):
+    _, ids, k = _random_case(seed=3)
+    rng = np.random.default_rng(len(lead))
+    selected = rng.integers(0, 2, size=(*lead, ids.shape[0], k)).astype(np.float32)
+    selected[..., 0] *= 0.25  # any nonzero value counts as kept
+    pixels = jax.jit(regions.broadcast_selections)(selected, ids)
+    chex.assert_shape(pixels, (*lead, *ids.shape))
+    chex.assert_type(pixels, jnp.float32)
+    expected = np.asarray(regions.broadcast_to_pixels(selected != 0, ids), np.float32)
+    np.testing.assert_array_equal(pixels, expected)
+    assert 0 < expected.mean() < 1  # both values occur
+
+
 def test_kept_fraction_is_size_weighted():
     _, ids, k = _random_case(seed=4)
     sizes = _sizes(ids, num_regions=k)
