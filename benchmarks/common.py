@@ -53,10 +53,11 @@ def time_fn(fn: Callable, *args, warmup: int = 3, repeats: int = 10, inner: int 
     }
 
 
-def compiled_flops(compiled) -> float | None:
-    """FLOPs of one call from XLA's cost analysis of a compiled program (None if absent)."""
+def analysed_flops(program) -> float | None:
+    """FLOPs of one call from XLA's cost analysis of a lowered or compiled program (None if
+    absent)."""
     try:
-        analysis = compiled.cost_analysis()
+        analysis = program.cost_analysis()
     except Exception:  # noqa: BLE001 - some backends do not implement it
         return None
     if isinstance(analysis, list):

@@ -70,6 +70,11 @@ def summary_lines(name: str, data: dict) -> list[str]:
             if kind in ("train_step", "profile_step"):
                 low, high = (rate / r for r in reversed(REFERENCE_TRAIN_IMAGES_PER_S))
                 parts.append(f"{low:.1f}-{high:.1f}x the reference (target 4x)")
+                if entry.get("model_flops_per_step") and entry.get("mfu_vs_bf16_peak"):
+                    parts.append(
+                        f"{entry['achieved_tflops']:.1f} TFLOP/s, "
+                        f"MFU {100 * entry['mfu_vs_bf16_peak']:.2f} %"
+                    )
             if kind == "eval_dynamic_budget" and "median_ms_per_batch" in entry:
                 ratio = REFERENCE_EVAL_MS_PER_BATCH / entry["median_ms_per_batch"]
                 parts.append(f"{ratio:.1f}x the reference (target 10x)")

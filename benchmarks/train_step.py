@@ -5,10 +5,12 @@
 LR-ASPP MobileNetV3-Large selector + ViT-Ti/16 classifier (the paper's configuration,
 `train/configs/imagenet9.py`), random weights and data, dynamic budget, one Monte-Carlo
 sample; the same jitted, donated step `train/main.py` runs, colour jitter and normalisation
-of the uint8 batch included. FLOPs come from XLA's cost
-analysis of the compiled step; MFU is against the dense bfloat16 peak given by --peak-tflops.
-With the ViT's blocks scanned (the default) the cost analysis counts the scan's body once,
-so FLOPs and MFU are undercounts; `--scan-layers false` gives the full count.
+of the uint8 batch included. MFU is against the dense bfloat16 peak given by --peak-tflops,
+from the model's FLOPs per step (`model_flops`): XLA's cost analysis of the same step with
+the ViT's blocks unrolled, not rematerialised and with XLA's own attention, pooling and
+block kernels, lowered but not compiled. The compiled step's own count is kept beside it
+(`compiled_flops_per_step`); it counts a scanned body once (the 12 blocks as 1: about a third
+of the paper's FLOPs) and custom kernels (cuDNN, Pallas) not at all.
 """
 
 import argparse
@@ -24,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import compiled_flops, time_fn, write_json  # noqa: E402
+from benchmarks.common import analysed_flops, time_fn, write_json  # noqa: E402
 from benchmarks.pooling import slic_like_ids  # noqa: E402
 from grouped_select import color, regions  # noqa: E402
 from train import models, steps  # noqa: E402
@@ -83,7 +85,35 @@ def compiled_step(args, dtype: str):
     Returns:
       (compiled step, its initial state and a batch, both on the device).
     """
-    config = paper_config(args.config, args.size, dtype, **model_options(args))
+    step, state, batch = _jitted_step(args, dtype, model_options(args))
+    return step.lower(state, batch).compile(), state, batch
+
+
+# What `model_flops` counts: the same network computed by XLA's own ops, every block once.
+_MODEL_FLOPS_OPTIONS = {
+    "scan_layers": False,
+    "remat_layers": False,
+    "attention": "xla",
+    "block_kernels": "xla",
+    "pool_method": "segment_sum",
+}
+
+
+def model_flops(args, dtype: str) -> float | None:
+    """The model's FLOPs in one training step (module docstring), for the MFU.
+
+    XLA's cost analysis of the step lowered (not compiled: seconds) with `_MODEL_FLOPS_OPTIONS`.
+    On the 2-core CPU at batch 4 this count (41.0 GFLOP, float32) is within 1 % of the
+    compiled unrolled step's (41.4); the default scanned step's compiled count is 13.5.
+    """
+    options = {**model_options(args), **_MODEL_FLOPS_OPTIONS}
+    step, state, batch = _jitted_step(args, dtype, options)
+    return analysed_flops(step.lower(state, batch))
+
+
+def _jitted_step(args, dtype: str, options: dict):
+    """(the jitted, donated step, its initial state, a batch) for config.model `options`."""
+    config = paper_config(args.config, args.size, dtype, **options)
     num_classes = 9
     model = models.create_model(config, num_classes, seed=0)
     optimizer = create_optimizer(config)
@@ -97,8 +127,7 @@ def compiled_step(args, dtype: str):
     )
     jitter = tuple(config.data.color_jitter) or None  # applied in the step, as in training
     batch = make_batch(args.batch, args.size, config.data.num_regions, num_classes, jitter)
-    batch, state = jax.device_put(batch), jax.device_put(state)
-    return step.lower(state, batch).compile(), state, batch
+    return step, *jax.device_put((state, batch))
 
 
 def bench_dtype(args, dtype: str, after: Callable | None = None) -> dict:
@@ -108,7 +137,7 @@ def bench_dtype(args, dtype: str, after: Callable | None = None) -> dict:
     `run_step()`); the dict it returns joins the result.
     """
     compiled, state, batch = compiled_step(args, dtype)  # compiled once: timed and analysed
-    flops = compiled_flops(compiled)
+    flops = model_flops(args, dtype)
     holder = {"state": state}
 
     def run(batch):
@@ -123,7 +152,8 @@ def bench_dtype(args, dtype: str, after: Callable | None = None) -> dict:
         "color_jitter_in_step": bool(batch.get("jitter_factors") is not None),
         "median_ms": 1e3 * seconds,
         "images_per_s": args.batch / seconds,
-        "flops_per_step": flops,
+        "model_flops_per_step": flops,
+        "compiled_flops_per_step": analysed_flops(compiled),
         "achieved_tflops": flops / seconds / 1e12 if flops else None,
         "mfu_vs_bf16_peak": flops / seconds / (args.peak_tflops * 1e12) if flops else None,
         "final_loss_finite": bool(np.isfinite(float(run(batch)))),
@@ -215,8 +245,7 @@ def main(argv=None):
             "batch": args.batch,
             "image_size": args.size,
             **model_options(args),
-            # XLA's cost analysis counts a scanned body once: FLOPs / MFU undercounted then.
-            "flops_count_scanned_blocks_once": args.scan_layers,
+            "flops": "model_flops_per_step: the step unrolled, XLA kernels (train_step.py)",
             "peak_tflops": args.peak_tflops,
             "reference_h200_images_per_s": [900, 1030],
             "results": results,

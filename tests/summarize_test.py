@@ -13,6 +13,11 @@ def test_train_eval_and_pooling_lines_carry_the_ratios_and_errors():
     (line,) = summarize.summary_lines("t.json", train)
     # 4000 images/s against the reference's 900-1030: 3.9-4.4x.
     assert "bfloat16 [NVIDIA H200]: 16.00 ms, 4,000 images/s, 3.9-4.4x the reference" in line
+    assert "MFU" not in line  # no model FLOP count in this result
+    counted = {"model_flops_per_step": 3.36e11, "achieved_tflops": 21.0, "mfu_vs_bf16_peak": 0.0212}
+    train["results"]["bfloat16"].update(counted)
+    (line,) = summarize.summary_lines("t.json", train)
+    assert line.endswith("(target 4x), 21.0 TFLOP/s, MFU 2.12 %")
     search = {"benchmark": "eval_dynamic_budget", "device": H200,
               "results": {"bfloat16/grid_chunk5": {"median_ms_per_batch": 19.5,
                                                    "images_per_s": 3282.0}}}  # fmt: skip
