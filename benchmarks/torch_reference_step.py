@@ -27,7 +27,7 @@ means, the hard mask and the classifier; with random weights no image is ever co
 all 20 classifier passes run (the reference's measured "untrained" case). Ours is
 `benchmarks/eval_search.py`'s batched grid, `--grid-chunk` budgets per classifier batch
 (default 5, as `config.p2p.budget_chunk`; against one at a time, batch 4 on the 2-core Xeon:
-0.90x the time with bfloat16 products, 1.07x in float32).
+0.88x the time with bfloat16 products, 0.95x in float32).
 
 The training re-creation leaves out what the reference does outside its step (host-side colour
 jitter, and SLIC after every augmentation) and so is, if anything, faster than the published

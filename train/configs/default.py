@@ -130,7 +130,8 @@ def get_config() -> ml_collections.ConfigDict:
     p2p.budget_step = 0.05
     # Budgets per classifier batch in the search (0: all 20 at once; memory grows with it:
     # batch x chunk images). Time against one at a time, batch 4 at 224² on the 2-core Xeon:
-    # 0.90x with bfloat16 products, 1.07x in float32; on an H200 (batch 64): 0.89x.
+    # 0.88x with bfloat16 products, 0.95x in float32 (all 20 at once: 1.14x, 1.12x); on an
+    # H200 (batch 64): 0.89x.
     p2p.budget_chunk = 5
 
     # Optimisation.
