@@ -12,6 +12,7 @@ argument; weights trained at another resolution need their position embeddings r
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -141,16 +142,18 @@ class Attention(nnx.Module):
         """Attention from projected queries, keys and values, then the output projection.
 
         Args:
-          q, k, v: [B, N, D] (heads side by side, as the projections give them).
+          q: [B, N, D] queries (heads side by side, as the projections give them).
+          k, v: [B, M, D] keys and values; M = N but for `EncoderBlock.class_token` ("xla"
+            attention only).
           valid_tokens: only the first this many tokens are keys (the rest are padding, see
-            `ViT`); None: all N.
+            `ViT`); None: all M.
 
         Returns:
           [B, N, D].
         """
         batch, tokens, dim = q.shape
-        shape = (batch, tokens, self.num_heads, dim // self.num_heads)
-        q, k, v = q.reshape(shape), k.reshape(shape), v.reshape(shape)
+        head_dim = dim // self.num_heads
+        q, k, v = (t.reshape(*t.shape[:2], self.num_heads, head_dim) for t in (q, k, v))
         if self.implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
             raise ValueError(
                 f"cuDNN attention needs bfloat16 or float16 inputs, got {q.dtype}: compute in "
@@ -331,6 +334,18 @@ class EncoderBlock(nnx.Module):
         x = x + self.attn(self.norm1(x), valid_tokens)
         return x + self.mlp(self.norm2(x))
 
+    def class_token(self, x: jax.Array) -> jax.Array:
+        """The block's output at the first (class) token alone: [B, N, D] -> [B, 1, D].
+
+        `self(x)[:, :1]` without the other tokens' queries, attention rows, output projection
+        and MLP, which nothing reads after a classifier's last block (`ViT.__call__`). Every
+        token's key and value are still computed. "xla" attention and block kernels only.
+        """
+        attn, normed = self.attn, self.norm1(x)
+        y = attn.attend(attn.query(normed[:, :1]), attn.key(normed), attn.value(normed))
+        x = x[:, :1] + y
+        return x + self.mlp(self.norm2(x))
+
 
 class ViT(nnx.Module):
     """ViT image classifier (HF `ViTForImageClassification` computation).
@@ -440,6 +455,16 @@ class ViT(nnx.Module):
         Returns:
           [B, 1 + gh * gw, D] final-LayerNorm tokens, class token first.
         """
+        tokens = self.embed(x)
+        count = tokens.shape[1]
+        if self.pad_tokens:
+            padded = jnp.pad(tokens, ((0, 0), (0, self.pad_tokens), (0, 0)))
+            return self.norm(self.encode(padded, valid_tokens=count)[:, :count])
+        return self.norm(self.encode(tokens))
+
+    def embed(self, x: jax.Array) -> jax.Array:
+        """The encoder's input: [B, H, W, 3] images -> [B, 1 + gh * gw, D] tokens (class token
+        first, position embeddings added)."""
         patches = self.embed_patches(x)
         batch, gh, gw, dim = patches.shape
         if (gh, gw) != self.grid:
@@ -449,12 +474,7 @@ class ViT(nnx.Module):
             )
         cls = jnp.broadcast_to(self.cls_token[...].astype(patches.dtype), (batch, 1, dim))
         tokens = jnp.concatenate([cls, patches.reshape(batch, gh * gw, dim)], axis=1)
-        tokens = tokens + self.pos_embed[...]
-        count = tokens.shape[1]
-        if self.pad_tokens:
-            padded = jnp.pad(tokens, ((0, 0), (0, self.pad_tokens), (0, 0)))
-            return self.norm(self.encode(padded, valid_tokens=count)[:, :count])
-        return self.norm(self.encode(tokens))
+        return tokens + self.pos_embed[...]
 
     def embed_patches(self, x: jax.Array) -> jax.Array:
         """`patch_embed` (a p x p conv with stride p, VALID) as patchify + one matmul.
@@ -485,9 +505,14 @@ class ViT(nnx.Module):
             + bias
         )
 
-    def encode(self, tokens: jax.Array, valid_tokens: int | None = None) -> jax.Array:
+    def encode(
+        self,
+        tokens: jax.Array,
+        valid_tokens: int | None = None,
+        layers: Sequence[EncoderBlock] | None = None,
+    ) -> jax.Array:
         """Runs the encoder blocks: [B, N, D] -> [B, N, D] (tokens from `valid_tokens` on are
-        padding: no block attends to them).
+        padding: no block attends to them; `layers`: these blocks, default all).
 
         With `scan_layers` the blocks' parameters are stacked (a copy of ~5.5M floats for
         ViT-Ti; with `remat_layers` each block's as one vector) and one block is scanned over
@@ -499,16 +524,19 @@ class ViT(nnx.Module):
         ViT-Ti forward + backward at batch 4, 224², 2-core CPU: 203–208 ms unrolled, 173–187 ms
         scanned (`benchmarks/RESULTS.md`).
         """
+        layers = list(self.layers if layers is None else layers)
+        if not layers:
+            return tokens
         if self.deterministic or not (self.scan_layers or self.remat_layers):
             # Forward only (eval mode), scanning buys nothing and costs copies: stacking every
             # parameter at each call and slicing it out again per block. The H200 budget
             # search compiled here (benchmarks/compile_census.py, cuDNN attention + fused
             # block kernels): 1,438 -> 454 kernels, 12.1 -> 8.8 ms estimated.
-            for layer in self.layers:
+            for layer in layers:
                 tokens = layer(tokens, valid_tokens)
             return tokens
-        graphdef, _ = nnx.split(self.layers[0])
-        states = [nnx.state(layer) for layer in self.layers]
+        graphdef, _ = nnx.split(layers[0])
+        states = [nnx.state(layer) for layer in layers]
         remat = jax.checkpoint if self.remat_layers else lambda f: f
 
         def block(tokens, state):
@@ -546,7 +574,21 @@ class ViT(nnx.Module):
         Returns:
           [B, num_classes] logits.
         """
-        return self.head(self.features(x)[:, 0])
+        last = self.layers[-1]
+        if (last.attn.implementation, last.block_kernels) != ("xla", "xla"):
+            return self.head(self.features(x)[:, 0])
+        # The head reads the class token alone, so the last block computes only its row
+        # (`EncoderBlock.class_token`): ViT-Ti/16 at 224² does ~0.9 of a block's work less.
+        tokens = self.encode(self.embed(x), layers=list(self.layers)[:-1])
+        if self.remat_layers and not self.deterministic:  # recomputed as the other blocks
+            graphdef, state = nnx.split(last)
+            run = jax.checkpoint(
+                lambda state, tokens: nnx.merge(graphdef, state).class_token(tokens)
+            )
+            cls = run(state, tokens)
+        else:
+            cls = last.class_token(tokens)
+        return self.head(self.norm(cls)[:, 0])
 
 
 def resize_position_embeddings(
