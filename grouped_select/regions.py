@@ -234,8 +234,7 @@ def broadcast_selections(selected: ArrayLike, region_ids: ArrayLike) -> jax.Arra
         words = jnp.sum(group << shifts, axis=0, dtype=jnp.uint32)  # [B, K]
         pixel_words = broadcast_to_pixels(words, ids)  # [B, H, W]
         pieces.append((pixel_words[None] >> shifts[..., None]) & 1)
-    bits = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
-    return bits.astype(jnp.float32).reshape(*lead, *ids.shape)
+    return jnp.concatenate(pieces).astype(jnp.float32).reshape(*lead, *ids.shape)
 
 
 def kept_fraction(region_probs: ArrayLike, sizes: ArrayLike) -> jax.Array:
