@@ -137,37 +137,44 @@ class Attention(nnx.Module):
         return tuple(jnp.split(qkv, 3, axis=-1))
 
     def attend(
-        self, q: jax.Array, k: jax.Array, v: jax.Array, valid_tokens: int | None = None
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        valid_tokens: int | None = None,
+        implementation: str | None = None,
     ) -> jax.Array:
         """Attention from projected queries, keys and values, then the output projection.
 
         Args:
           q: [B, N, D] queries (heads side by side, as the projections give them).
-          k, v: [B, M, D] keys and values; M = N but for `EncoderBlock.class_token` ("xla"
-            attention only).
+          k, v: [B, M, D] keys and values; M = N but for `EncoderBlock.class_token` (with
+            "xla" attention).
           valid_tokens: only the first this many tokens are keys (the rest are padding, see
             `ViT`); None: all M.
+          implementation: overrides the module's ("xla" for `EncoderBlock.class_token`).
 
         Returns:
           [B, N, D].
         """
+        implementation = implementation or self.implementation
         batch, tokens, dim = q.shape
         head_dim = dim // self.num_heads
         q, k, v = (t.reshape(*t.shape[:2], self.num_heads, head_dim) for t in (q, k, v))
-        if self.implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
+        if implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
             raise ValueError(
                 f"cuDNN attention needs bfloat16 or float16 inputs, got {q.dtype}: compute in "
                 "bfloat16 (config.compute_dtype) or use the 'xla' attention."
             )
         if valid_tokens is not None and valid_tokens < tokens:
-            y = _masked_attention(q, k, v, valid_tokens, self.implementation)
-        elif self.implementation == "cudnn" and tokens % 2:
+            y = _masked_attention(q, k, v, valid_tokens, implementation)
+        elif implementation == "cudnn" and tokens % 2:
             y = odd_length_attention(q, k, v, "cudnn")
-        elif self.implementation == "xla":
+        elif implementation == "xla":
             # XLA's attention, with a cheaper backward pass
             y = attention(q, k, v, self.matmul_precision)
         else:
-            y = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+            y = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
         return self.out(y.reshape(batch, tokens, dim))
 
 
@@ -334,15 +341,22 @@ class EncoderBlock(nnx.Module):
         x = x + self.attn(self.norm1(x), valid_tokens)
         return x + self.mlp(self.norm2(x))
 
-    def class_token(self, x: jax.Array) -> jax.Array:
+    def class_token(self, x: jax.Array, valid_tokens: int | None = None) -> jax.Array:
         """The block's output at the first (class) token alone: [B, N, D] -> [B, 1, D].
 
-        `self(x)[:, :1]` without the other tokens' queries, attention rows, output projection
-        and MLP, which nothing reads after a classifier's last block (`ViT.__call__`). Every
-        token's key and value are still computed. "xla" attention and block kernels only.
+        `self(x, valid_tokens)[:, :1]` without the other tokens' queries, attention rows,
+        output projection and MLP, which nothing reads after a classifier's last block
+        (`ViT.__call__`). Every real token's key and value are still computed; padding tokens
+        (from `valid_tokens` on) are dropped. Whatever the block's attention and kernels, the
+        one query row goes through XLA's attention and layers: cuDNN's fused attention and
+        the fused block kernels are built for whole token sets.
         """
+        if valid_tokens is not None:
+            x = x[:, :valid_tokens]
         attn, normed = self.attn, self.norm1(x)
-        y = attn.attend(attn.query(normed[:, :1]), attn.key(normed), attn.value(normed))
+        y = attn.attend(
+            attn.query(normed[:, :1]), attn.key(normed), attn.value(normed), implementation="xla"
+        )
         x = x[:, :1] + y
         return x + self.mlp(self.norm2(x))
 
@@ -455,12 +469,19 @@ class ViT(nnx.Module):
         Returns:
           [B, 1 + gh * gw, D] final-LayerNorm tokens, class token first.
         """
+        tokens, valid_tokens = self.encoder_input(x)
+        return self.norm(self.encode(tokens, valid_tokens)[:, :valid_tokens])
+
+    def encoder_input(self, x: jax.Array) -> tuple[jax.Array, int | None]:
+        """`embed(x)` with `pad_tokens` zero tokens appended, and the real token count.
+
+        Returns:
+          [B, 1 + gh * gw + pad_tokens, D] tokens; 1 + gh * gw, or None without padding.
+        """
         tokens = self.embed(x)
-        count = tokens.shape[1]
-        if self.pad_tokens:
-            padded = jnp.pad(tokens, ((0, 0), (0, self.pad_tokens), (0, 0)))
-            return self.norm(self.encode(padded, valid_tokens=count)[:, :count])
-        return self.norm(self.encode(tokens))
+        if not self.pad_tokens:
+            return tokens, None
+        return jnp.pad(tokens, ((0, 0), (0, self.pad_tokens), (0, 0))), tokens.shape[1]
 
     def embed(self, x: jax.Array) -> jax.Array:
         """The encoder's input: [B, H, W, 3] images -> [B, 1 + gh * gw, D] tokens (class token
@@ -574,20 +595,23 @@ class ViT(nnx.Module):
         Returns:
           [B, num_classes] logits.
         """
-        last = self.layers[-1]
-        if (last.attn.implementation, last.block_kernels) != ("xla", "xla"):
-            return self.head(self.features(x)[:, 0])
         # The head reads the class token alone, so the last block computes only its row
         # (`EncoderBlock.class_token`): ViT-Ti/16 at 224² does ~0.9 of a block's work less.
-        tokens = self.encode(self.embed(x), layers=list(self.layers)[:-1])
+        # With cuDNN attention or the fused block kernels too, the H200 programs compiled here
+        # (`benchmarks/compile_census.py`, 2026-12-07, estimates) against every token through
+        # every block: training with cuDNN attention + remat 14.1 -> 13.9 ms, the search with
+        # cuDNN attention 21.4 -> 20.3 ms, with the fused block kernels too 8.5 -> 8.5.
+        tokens, valid_tokens = self.encoder_input(x)
+        tokens = self.encode(tokens, valid_tokens, layers=list(self.layers)[:-1])
+        last = self.layers[-1]
         if self.remat_layers and not self.deterministic:  # recomputed as the other blocks
             graphdef, state = nnx.split(last)
             run = jax.checkpoint(
-                lambda state, tokens: nnx.merge(graphdef, state).class_token(tokens)
+                lambda state, tokens: nnx.merge(graphdef, state).class_token(tokens, valid_tokens)
             )
             cls = run(state, tokens)
         else:
-            cls = last.class_token(tokens)
+            cls = last.class_token(tokens, valid_tokens)
         return self.head(self.norm(cls)[:, 0])
 
 

@@ -249,6 +249,30 @@ def test_last_block_computes_the_class_token_alone_with_the_same_logits_and_grad
     assert flops[1] < 0.95 * flops[0]
 
 
+@pytest.mark.parametrize("attention", ["xla", "cudnn"])
+def test_class_token_drops_the_padding_and_runs_xla_attention_for_any_block(attention):
+    """`class_token` on tokens padded past `valid_tokens` equals the block's first row on
+    the real tokens; a block built for cuDNN attention computes that row with XLA's
+    (float32 here, which cuDNN's refuses), so the ViT can use it in every configuration."""
+    model = ViT(5, variant=VIT_TINY_TEST, image_size=32, attention=attention, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model.layers[-1])
+    tokens = jax.random.normal(jax.random.key(2), (3, 17, VIT_TINY_TEST.hidden_size))
+    padded = jnp.pad(tokens, ((0, 0), (0, 1), (0, 0))).at[:, -1].set(100.0)
+
+    @jax.jit
+    def class_token(state, tokens, padded):
+        block = nnx.merge(graphdef, state)
+        return block.class_token(tokens), block.class_token(padded, valid_tokens=17)
+
+    got, got_padded = class_token(state, tokens, padded)
+    xla_block = nnx.merge(nnx.graphdef(ViT(5, variant=VIT_TINY_TEST, image_size=32,
+                                           rngs=nnx.Rngs(0)).layers[-1]), state)  # fmt: skip
+    want = jax.jit(lambda tokens: xla_block(tokens)[:, :1])(tokens)
+    assert got.shape == (3, 1, VIT_TINY_TEST.hidden_size)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_padded, want, rtol=1e-5, atol=1e-5)
+
+
 def test_remat_layers_recomputes_instead_of_keeping_the_blocks_activations():
     """The backward pass of a rematerialised scan keeps one [B, N, D] input per block: the
     saved residuals shrink (what `remat_layers` is for)."""
