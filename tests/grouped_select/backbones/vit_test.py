@@ -12,6 +12,7 @@ from flax import nnx
 from grouped_select import convert
 from grouped_select.backbones.vit import (
     Attention,
+    EncoderBlock,
     ViT,
     ViTVariant,
     odd_length_attention,
@@ -254,8 +255,12 @@ def test_class_token_drops_the_padding_and_runs_xla_attention_for_any_block(atte
     """`class_token` on tokens padded past `valid_tokens` equals the block's first row on
     the real tokens; a block built for cuDNN attention computes that row with XLA's
     (float32 here, which cuDNN's refuses), so the ViT can use it in every configuration."""
-    model = ViT(5, variant=VIT_TINY_TEST, image_size=32, attention=attention, rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(model.layers[-1])
+
+    def build(attention):
+        return EncoderBlock(VIT_TINY_TEST, layer_norm_eps=1e-12, attention=attention,
+                            rngs=nnx.Rngs(0))  # fmt: skip
+
+    graphdef, state = nnx.split(build(attention))
     tokens = jax.random.normal(jax.random.key(2), (3, 17, VIT_TINY_TEST.hidden_size))
     padded = jnp.pad(tokens, ((0, 0), (0, 1), (0, 0))).at[:, -1].set(100.0)
 
@@ -265,8 +270,7 @@ def test_class_token_drops_the_padding_and_runs_xla_attention_for_any_block(atte
         return block.class_token(tokens), block.class_token(padded, valid_tokens=17)
 
     got, got_padded = class_token(state, tokens, padded)
-    xla_block = nnx.merge(nnx.graphdef(ViT(5, variant=VIT_TINY_TEST, image_size=32,
-                                           rngs=nnx.Rngs(0)).layers[-1]), state)  # fmt: skip
+    xla_block = nnx.merge(nnx.graphdef(build("xla")), state)
     want = jax.jit(lambda tokens: xla_block(tokens)[:, :1])(tokens)
     assert got.shape == (3, 1, VIT_TINY_TEST.hidden_size)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
