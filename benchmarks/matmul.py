@@ -16,11 +16,12 @@ Ways, all with float32 results:
 - `float32`: `jnp.matmul` on float32 operands (what the model does by default);
 - `bfloat16_products`: the operands rounded to bfloat16, float32 sums
   (`matmul_precision="bfloat16"`, `grouped_select.backbones.matmul`);
-- `bfloat16_3x`: float32 from three bfloat16 products, x = x_hi + x_lo and
-  x w ≈ x_hi w_hi + x_hi w_lo + x_lo w_hi (~16 of float32's 24 mantissa bits: what a TPU does
-  at `Precision.HIGH`), as one product over the three pairs concatenated along K and as three
-  products summed; a candidate for float32-like products on CPUs whose bfloat16 units are
-  faster than their float32 ones (AMX), not used by the library;
+- `bfloat16_3x_concatenated` and `bfloat16_3x_summed`: float32 from three bfloat16
+  products, x = x_hi + x_lo and x w ≈ x_hi w_hi + x_hi w_lo + x_lo w_hi (~16 of float32's 24
+  mantissa bits: what a TPU does at `Precision.HIGH`), as one product over the three pairs
+  concatenated along K and as three products summed; a candidate for float32-like products
+  on CPUs whose bfloat16 units are faster than their float32 ones (AMX), not used by the
+  library;
 - `torch_float32` and `torch_bfloat16` (when torch imports): `torch.matmul` (oneDNN / MKL);
   the bfloat16 one's result is rounded to bfloat16, then converted to float32.
 
