@@ -219,7 +219,7 @@ def _kernel_gradient_per_tap(taps: list[jax.Array], grad: jax.Array) -> jax.Arra
 
     XLA's CPU backend writes the stacked products out before reducing them ([25, 4, 14, 14,
     960] float32 for the last dilated stage at batch 4: 75 MB, ~12 ms per layer on the 2-core
-    CPU of `benchmarks/RESULTS.md`); tap by tap, each product fuses into its reduction. The
+    CPU of `benchmarks/RESULTS.md`); tap by tap, no stack of products is written. The
     selector backbone's forward + backward at batch 4, 224²: 309 -> 277 ms (interleaved in
     one process, median of 12 rounds).
 
