@@ -111,20 +111,6 @@ def torch_ways(torch) -> dict:
     }
 
 
-def _median_seconds(fn, calls: int) -> float:
-    """Median seconds per call of `fn()` (which blocks on its result), after one warm-up."""
-    import statistics
-    import time
-
-    fn()
-    samples = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 def main() -> None:
     args = _parse()
     sys.path.insert(0, str(ROOT))
@@ -147,7 +133,7 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from benchmarks.common import write_json
+    from benchmarks.common import time_fn, write_json
 
     ways = jax_ways()
     rows, totals = [], {}
@@ -158,10 +144,7 @@ def main() -> None:
         exact = a.astype(np.float64) @ b.astype(np.float64)
         scale = float(np.abs(exact).max())
         a_dev, b_dev = jax.device_put(a), jax.device_put(b)
-        candidates = {
-            way: lambda fn=fn, x=a_dev, y=b_dev: fn(x, y).block_until_ready()
-            for way, fn in ways.items()
-        }
+        candidates = {way: lambda fn=fn, x=a_dev, y=b_dev: fn(x, y) for way, fn in ways.items()}
         if torch is not None:
             a_t, b_t = torch.from_numpy(a), torch.from_numpy(b)
             for way, fn in torch_ways(torch).items():
@@ -171,7 +154,8 @@ def main() -> None:
         best = {way: float("inf") for way in candidates}
         for _ in range(args.rounds):
             for way, fn in candidates.items():
-                best[way] = min(best[way], _median_seconds(fn, calls=7))
+                median = time_fn(fn, warmup=1, repeats=7, inner=1)["median_s"]
+                best[way] = min(best[way], median)
         for way, fn in candidates.items():
             result = np.asarray(fn(), dtype=np.float64)
             row[way] = {
