@@ -12,6 +12,9 @@ bfloat16 operands with a float32 result, and on a CPU with AMX (the 2-core Intel
 way (the output, the input gradient and the weight gradient); everything around them (bias,
 activations, normalisation, the optimizer) stays in the model's compute dtype. Parameters,
 inputs and gradients keep their dtypes; only what enters each product is rounded.
+
+`rows_matmul`, the "default" precision, computes the product at the inputs' own precision
+over [rows, K] operands: see its docstring for why the leading axes are flattened.
 """
 
 import functools
@@ -37,8 +40,48 @@ def matmul(x: jax.Array, w: jax.Array, precision: MatmulPrecision = "default") -
       [..., N] in the promoted dtype of x and w.
     """
     if _checked(precision) == "default":
-        return jnp.matmul(x, w)
+        return rows_matmul(x, w)
     return bfloat16_matmul(x, w)
+
+
+def rows_matmul(
+    x: jax.Array,
+    w: jax.Array,
+    precision: jax.lax.PrecisionLike = None,
+    preferred_element_type: jax.typing.DTypeLike | None = None,
+) -> jax.Array:
+    """x @ w as one [rows, K] x [K, N] product, the leading axes of x flattened into rows.
+
+    The same sums as `jnp.matmul(x, w)`. Over [..., K] inputs, the weight gradient xᵀ·grad
+    contracts all the leading axes at once; XLA's CPU backend lowers a product with several
+    contracting axes by writing one operand transposed, fused into whatever computes it
+    (for MobileNetV3's 16 -> 64 expansion at 112², batch 4, float32: the BatchNorm gradient
+    written as [64, 50176], 12.5 ms of a ~410 ms training step). Over rows the gradient has
+    one contracting axis and no transpose: that layer's forward + backward 21.5 -> 3.9 ms,
+    ViT-Ti's linear layers at batch 4 0.81-0.96x the time, the paper's float32 training step
+    0.91x (`benchmarks/RESULTS.md`, eighth session of 2026-12-07). Flattening row-major
+    leading axes is free on CPUs and GPUs (the H200 step compiled here: 21.26 -> 20.99 ms
+    estimated). A TPU tiles the last two axes of its arrays, so merging a leading axis that
+    is not a multiple of the tile (ViT's 197 tokens) would copy, and its compiler takes
+    several contracting axes as they are: there the product stays over [..., K].
+
+    Args:
+      x: [..., K].
+      w: [K, N].
+      precision, preferred_element_type: as `jnp.matmul`'s.
+
+    Returns:
+      [..., N], the dtype `jnp.matmul` gives.
+    """
+    if jax.default_backend() == "tpu":
+        return jnp.matmul(x, w, precision=precision, preferred_element_type=preferred_element_type)
+    rows = jnp.matmul(
+        x.reshape(-1, x.shape[-1]),
+        w,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    return rows.reshape(*x.shape[:-1], w.shape[-1])
 
 
 def _checked(precision: str) -> str:
@@ -123,21 +166,36 @@ def dot_general(precision: MatmulPrecision):
     built alike have equal graph definitions.
     """
     if _checked(precision) == "default":
-        return jax.lax.dot_general
+        return _rows_dot_general
     return _bfloat16_dot_general
+
+
+def _rows_dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
+    """`lax.dot_general`; nnx.Linear's [..., K] x [K, N] by `rows_matmul`.
+
+    An explicit `out_sharding` (nnx.Linear's argument, None unless a caller sets it) goes to
+    `lax.dot_general` as given: it names the sharding of the [..., N] result, not of rows.
+    """
+    if _is_linear(lhs, rhs, dimension_numbers) and kwargs.get("out_sharding") is None:
+        return rows_matmul(lhs, rhs, precision, kwargs.get("preferred_element_type"))
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, **kwargs)
+
+
+def _is_linear(lhs, rhs, dimension_numbers) -> bool:
+    (lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch) = dimension_numbers
+    return (
+        tuple(lhs_contracting) == (lhs.ndim - 1,)
+        and tuple(rhs_contracting) == (0,)
+        and not lhs_batch
+        and not rhs_batch
+        and rhs.ndim == 2
+    )
 
 
 def _bfloat16_dot_general(lhs, rhs, dimension_numbers, precision=None, **unused_kwargs):
     """`lax.dot_general`'s signature; [..., K] x [K, N] by `bfloat16_matmul` only."""
     del precision, unused_kwargs
-    (lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch) = dimension_numbers
-    if (
-        tuple(lhs_contracting) != (lhs.ndim - 1,)
-        or tuple(rhs_contracting) != (0,)
-        or lhs_batch
-        or rhs_batch
-        or rhs.ndim != 2
-    ):
+    if not _is_linear(lhs, rhs, dimension_numbers):
         raise ValueError(
             "the bfloat16 dot_general computes inputs [..., K] x kernel [K, N] only, got "
             f"dimension numbers {dimension_numbers} for {lhs.shape} x {rhs.shape}."

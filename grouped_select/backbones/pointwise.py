@@ -4,19 +4,18 @@ A 1x1, stride-1 convolution is a matrix product of every pixel's channels with t
 Written as `lax.conv_general_dilated`, XLA's CPU backend computes its kernel gradient as a
 convolution whose window is the whole image (for MobileNetV3's 16 -> 64 expansion at 112²
 and batch 4: a 112 x 112 window over transposed copies of both operands), at ~10 GFLOP/s on
-the 2-core CPU of `benchmarks/RESULTS.md`. As `einsum`, the kernel gradient is one matrix
-product contracting over batch x height x width, which the same backend runs at 100-200
-GFLOP/s, with no transposes.
+the 2-core CPU of `benchmarks/RESULTS.md`. As a product over rows (`rows_matmul`: batch x
+height x width flattened), the kernel gradient is one matrix product contracting one axis,
+which the same backend runs at 100-200 GFLOP/s, with no transposes.
 
 `pointwise_conv(conv, x)` computes what `conv(x)` computes, from the same `nnx.Conv` and its
 parameters (so checkpoints and converted weights do not change).
 """
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from grouped_select.backbones.matmul import MatmulPrecision, matmul
+from grouped_select.backbones.matmul import MatmulPrecision, matmul, rows_matmul
 
 
 def is_pointwise(conv: nnx.Conv) -> bool:
@@ -69,8 +68,7 @@ def pointwise_conv(
     if matmul_precision != "default":
         y = matmul(x, kernel.reshape(kernel.shape[-2:]), matmul_precision)
         return y if bias is None else y + bias
-    y = jnp.einsum(
-        "...c,cd->...d",
+    y = rows_matmul(
         x,
         kernel.reshape(kernel.shape[-2:]),
         precision=conv.precision,

@@ -79,10 +79,80 @@ def test_default_precision_is_the_plain_product_and_bad_names_fail():
     x = jax.random.normal(jax.random.key(3), (4, 8))
     w = jax.random.normal(jax.random.key(4), (8, 5))
     np.testing.assert_array_equal(jax.jit(matmul.matmul)(x, w), x @ w)
-    assert matmul.dot_general("default") is jax.lax.dot_general
     for bad in (lambda: matmul.matmul(x, w, "tf32"), lambda: matmul.dot_general("fp8")):
         with pytest.raises(ValueError, match="matmul precision"):
             bad()
+
+
+def test_rows_matmul_values_gradients_and_dtypes_equal_the_plain_product():
+    """Over [2, 3, 4, K] inputs: the same output and both gradients as `jnp.matmul`."""
+    keys = jax.random.split(jax.random.key(6), 3)
+    x = jax.random.normal(keys[0], (2, 3, 4, 16))
+    w = jax.random.normal(keys[1], (16, 8))
+    grad = jax.random.normal(keys[2], (2, 3, 4, 8))
+
+    def forward_and_grads(product):
+        @jax.jit
+        def run(x, w):
+            y, vjp = jax.vjp(product, x, w)
+            return y, vjp(grad)
+
+        return run(x, w)
+
+    got = forward_and_grads(matmul.rows_matmul)
+    want = forward_and_grads(jnp.matmul)
+    chex.assert_trees_all_equal_shapes_and_dtypes(got, want)
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-5)
+    y = jax.jit(matmul.rows_matmul, static_argnums=3)(x.astype(jnp.bfloat16), w, None, jnp.float32)
+    assert y.dtype == jnp.float32
+
+
+def test_rows_matmul_weight_gradient_has_no_transpose_on_cpu():
+    """Why the rows exist: over [..., K] the weight gradient contracts several axes, and XLA's
+    CPU backend writes an operand transposed for it; over rows it does not."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the transposes are XLA's CPU backend's")
+    x = jnp.zeros((4, 14, 14, 16))
+    w = jnp.zeros((16, 64))
+
+    def compiled(product) -> str:
+        def weight_grad(x, w, grad):
+            return jax.vjp(lambda w: jnp.tanh(product(x, w)), w)[1](grad)[0]
+
+        return jax.jit(weight_grad).lower(x, w, jnp.zeros((4, 14, 14, 64))).compile().as_text()
+
+    # An op reads `transpose(%operand)`; op names in the metadata read `transpose(jvp())`.
+    assert "transpose(%" in compiled(jnp.matmul)  # the case the rows avoid, still there
+    assert "transpose(%" not in compiled(matmul.rows_matmul)
+
+
+def test_rows_matmul_keeps_the_leading_axes_on_tpu(monkeypatch):
+    """A TPU's tiled layouts would copy to merge 197 tokens into rows: one product there."""
+    x, w = jnp.zeros((2, 197, 16)), jnp.zeros((16, 8))
+
+    def jaxpr() -> str:  # a new function each time: make_jaxpr caches traces
+        return str(jax.make_jaxpr(lambda x, w: matmul.rows_matmul(x, w))(x, w))
+
+    assert "reshape" in jaxpr()
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    assert "reshape" not in jaxpr() and "dot_general" in jaxpr()
+
+
+def test_linear_with_the_default_dot_general():
+    """nnx.Linear's product goes over rows; other dimension numbers (and an explicit output
+    sharding) reach `lax.dot_general` unchanged."""
+    linear = nnx.Linear(16, 8, dot_general=matmul.dot_general("default"), rngs=nnx.Rngs(0))
+    nnx.update(linear, {"bias": jnp.arange(8.0)})
+    x = jax.random.normal(jax.random.key(7), (2, 3, 16))
+    want = jnp.matmul(x, linear.kernel[...]) + jnp.arange(8.0)
+    np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(linear, x), want, rtol=1e-6, atol=1e-6)
+    assert matmul.dot_general("default") is matmul.dot_general("default")
+    batched = (((2,), (2,)), ((0,), (0,)))  # [2, 3, 16] x [2, 5, 16] -> [2, 3, 5]
+    y = jax.random.normal(jax.random.key(8), (2, 5, 16))
+    np.testing.assert_array_equal(
+        jax.jit(lambda a, b: matmul.dot_general("default")(a, b, batched))(x, y),
+        jax.jit(lambda a, b: jax.lax.dot_general(a, b, batched))(x, y),
+    )
 
 
 def test_linear_with_the_bfloat16_dot_general():
