@@ -17,11 +17,12 @@ def _rounded(a) -> np.ndarray:
     return np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
 
 
-def test_bfloat16_matmul_values_and_gradients():
+@pytest.mark.parametrize("k, n", [(64, 24), (24, 64)])  # the CPU transposes the narrower
+def test_bfloat16_matmul_values_and_gradients(k, n):
     keys = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(keys[0], (2, 5, 64))
-    w = jax.random.normal(keys[1], (64, 24))
-    grad = jax.random.normal(keys[2], (2, 5, 24))
+    x = jax.random.normal(keys[0], (2, 5, k))
+    w = jax.random.normal(keys[1], (k, n))
+    grad = jax.random.normal(keys[2], (2, 5, n))
 
     @jax.jit
     def forward_and_grads(x, w, grad):
@@ -33,7 +34,7 @@ def test_bfloat16_matmul_values_and_gradients():
     xr, wr, gr = _rounded(x), _rounded(w), _rounded(grad)
     np.testing.assert_allclose(y, xr @ wr, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(d_x, gr @ wr.T, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(d_w, xr.reshape(-1, 64).T @ gr.reshape(-1, 24), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d_w, xr.reshape(-1, k).T @ gr.reshape(-1, n), rtol=1e-5, atol=1e-5)
     # The operands were rounded: exact float32 products differ by bfloat16's 2^-9 relative.
     assert np.abs(np.asarray(y) - np.asarray(x, np.float64) @ np.asarray(w)).max() > 1e-3
 
