@@ -152,11 +152,14 @@ def _cpu_weight_gradient(rows_x: jax.Array, rows_grad: jax.Array) -> jax.Array:
 
     d w = xᵀ grad contracts both operands' leading axis. XLA folds a transpose into the
     product's dimension numbers, and its CPU backend, whose YNNPACK kernels take only a
-    row-major left operand, then computes it in float32 (both operands converted back):
-    ViT-Ti's first MLP layer at batch 4, forward + backward 2.9 ms in float32, 1.8 with the
-    rounded operands, 1.0 with an explicit transpose. One zero appended to the contracted axis
-    of both operands keeps the transpose an op of its own, fused into that copy; the sums are
-    unchanged. The transposed operand is the narrower one: for K > N the product is
+    row-major left operand, then computes it in float32 (both operands converted back), or
+    for some forms not at all: ViT-Ti's first MLP layer at batch 4, forward + backward 2.9 ms
+    in float32, 1.8 with the rounded operands, 1.0 with an explicit transpose. One zero row
+    appended to the transposed left operand, and sliced off the result, keeps the transpose
+    an op of its own (XLA does not fold a pad); the sums are unchanged. (The zero used to go
+    on the contracted axis of both operands, which copied the right operand too: the
+    paper's bfloat16-products step 0.974-0.988x the time without that copy, both compile
+    orders.) The transposed operand is the narrower one: for K > N the product is
     (gradᵀ x)ᵀ, whose gradᵀ and [N, K] result are smaller to copy than xᵀ (ViT-Ti's second
     MLP layer, 768 -> 192 over 788 rows, copied x at 0.74 ms a layer). Forward + backward of
     such layers at batch 4: 0.76x the time for 768 -> 192 and MobileNet's 64 -> 24 at 56²,
@@ -165,13 +168,9 @@ def _cpu_weight_gradient(rows_x: jax.Array, rows_grad: jax.Array) -> jax.Array:
     transposed = rows_x.shape[1] > rows_grad.shape[1]
     if transposed:
         rows_x, rows_grad = rows_grad, rows_x
-    # For the transposed product one more zero row of the left operand, sliced off the
-    # result: XLA would otherwise fold the result's transpose back into the product, in a
-    # form its CPU backend has no bfloat16 kernel for (it fails at run time).
-    left = jnp.pad(rows_x.T, ((0, int(transposed)), (0, 1)))
-    right = jnp.pad(rows_grad, ((0, 1), (0, 0)))
-    product = _product(left, right)
-    return product[: rows_x.shape[1]].T if transposed else product
+    left = jnp.pad(rows_x.T, ((0, 1), (0, 0)))
+    product = _product(left, rows_grad)[: rows_x.shape[1]]
+    return product.T if transposed else product
 
 
 _bfloat16_matmul.defvjp(_forward, _backward)

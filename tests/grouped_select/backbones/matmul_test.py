@@ -1,5 +1,7 @@
 """bfloat16-operand products: the values and gradients of float32 sums of rounded operands."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -37,6 +39,26 @@ def test_bfloat16_matmul_values_and_gradients(k, n):
     np.testing.assert_allclose(d_w, xr.reshape(-1, k).T @ gr.reshape(-1, n), rtol=1e-5, atol=1e-5)
     # The operands were rounded: exact float32 products differ by bfloat16's 2^-9 relative.
     assert np.abs(np.asarray(y) - np.asarray(x, np.float64) @ np.asarray(w)).max() > 1e-3
+
+
+@pytest.mark.parametrize("k, n", [(64, 24), (24, 64)])
+def test_bfloat16_products_all_run_as_ynnpack_kernels_on_cpu(k, n):
+    """On XLA's CPU backend the three products (output, input and weight gradients) stay
+    bfloat16 products in YNNPACK fusions: a product XLA folded a transpose into runs as its
+    own dot, in float32 or not at all (`_cpu_weight_gradient`)."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("YNNPACK fusions are XLA's CPU backend's")
+    x, w = jnp.zeros((2, 5, k)), jnp.zeros((k, n))
+
+    def forward_and_grads(x, w):
+        y, vjp = jax.vjp(matmul.bfloat16_matmul, x, w)
+        return y, vjp(jnp.tanh(y))
+
+    text = jax.jit(forward_and_grads).lower(x, w).compile().as_text()
+    computations = re.split(r"\n(?=\S)", text)  # one block per computation
+    with_dots = [c.split(" ", 1)[0] for c in computations if re.search(r" dot\(", c)]
+    ynn_called = set(re.findall(r"calls=(%[\w.-]+).*__ynn_fusion", text))
+    assert len(with_dots) == 3 and set(with_dots) <= ynn_called, (with_dots, ynn_called)
 
 
 def test_bfloat16_matmul_keeps_the_input_dtypes():
