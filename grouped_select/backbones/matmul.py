@@ -154,16 +154,16 @@ def _cpu_weight_gradient(rows_x: jax.Array, rows_grad: jax.Array) -> jax.Array:
     product's dimension numbers, and its CPU backend, whose YNNPACK kernels take only a
     row-major left operand, then computes it in float32 (both operands converted back), or
     for some forms not at all: ViT-Ti's first MLP layer at batch 4, forward + backward 2.9 ms
-    in float32, 1.8 with the rounded operands, 1.0 with an explicit transpose. One zero row
-    appended to the transposed left operand, and sliced off the result, keeps the transpose
-    an op of its own (XLA does not fold a pad); the sums are unchanged. (The zero used to go
-    on the contracted axis of both operands, which copied the right operand too: the
-    paper's bfloat16-products step 0.974-0.988x the time without that copy, both compile
-    orders.) The transposed operand is the narrower one: for K > N the product is
-    (gradᵀ x)ᵀ, whose gradᵀ and [N, K] result are smaller to copy than xᵀ (ViT-Ti's second
-    MLP layer, 768 -> 192 over 788 rows, copied x at 0.74 ms a layer). Forward + backward of
-    such layers at batch 4: 0.76x the time for 768 -> 192 and MobileNet's 64 -> 24 at 56²,
-    0.81-0.95x for its other projections; the training step within its noise (0.999x).
+    in float32, 1.8 with the rounded operands, 1.0 with an explicit transpose.
+
+    So the transpose is explicit, kept an op of its own by one zero row appended to it (XLA
+    does not fold a pad) and sliced off the result; the sums are unchanged. The transposed
+    operand is the narrower one: for K > N the product is (gradᵀ x)ᵀ, whose gradᵀ and
+    [N, K] result are smaller to copy than xᵀ. Measured at batch 4 (`benchmarks/RESULTS.md`,
+    eighth session of 2026-12-07): layers with K > N 0.68-0.95x the time forward + backward
+    (ViT-Ti's 768 -> 192 copied x at 0.74 ms a layer); the paper's bfloat16-products step
+    0.974-0.988x the time of a zero padded on the contracted axis of both operands, which
+    copied the right operand too.
     """
     transposed = rows_x.shape[1] > rows_grad.shape[1]
     if transposed:

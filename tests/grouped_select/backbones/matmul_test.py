@@ -162,8 +162,8 @@ def test_rows_matmul_keeps_the_leading_axes_on_tpu(monkeypatch):
 
 
 def test_linear_with_the_default_dot_general():
-    """nnx.Linear's product goes over rows; other dimension numbers (and an explicit output
-    sharding) reach `lax.dot_general` unchanged."""
+    """nnx.Linear's product goes over rows; other dimension numbers reach `lax.dot_general`
+    unchanged."""
     linear = nnx.Linear(16, 8, dot_general=matmul.dot_general("default"), rngs=nnx.Rngs(0))
     nnx.update(linear, {"bias": jnp.arange(8.0)})
     x = jax.random.normal(jax.random.key(7), (2, 3, 16))
