@@ -178,6 +178,27 @@ def test_linear_with_the_default_dot_general():
     )
 
 
+def test_an_explicit_out_sharding_reaches_lax_dot_general_unchanged():
+    """An out_sharding names the [..., N] result's sharding, not the rows': no reshape, one
+    product with the caller's sharding, under an explicit-axes mesh of this host's devices."""
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    x = jax.random.normal(jax.random.key(9), (2, 3, 16))
+    w = jax.random.normal(jax.random.key(10), (16, 8))
+    linear_dims = (((2,), (0,)), ((), ()))
+    spec = jax.sharding.PartitionSpec("data", None, None)
+
+    def product(a, b):
+        return matmul.dot_general("default")(a, b, linear_dims, out_sharding=spec)
+
+    with jax.set_mesh(mesh):
+        x = jax.device_put(x, jax.sharding.PartitionSpec("data"))
+        jaxpr = str(jax.make_jaxpr(product)(x, w))
+        y = jax.jit(product)(x, w)
+    assert "reshape" not in jaxpr and jaxpr.count("dot_general") == 1
+    assert y.sharding.spec == spec
+    np.testing.assert_allclose(y, jnp.matmul(x, w), rtol=1e-6, atol=1e-6)
+
+
 def test_linear_with_the_bfloat16_dot_general():
     linear = nnx.Linear(16, 8, dot_general=matmul.dot_general("bfloat16"), rngs=nnx.Rngs(0))
     nnx.update(linear, {"bias": jnp.arange(8.0)})  # a nonzero bias is added after the product
