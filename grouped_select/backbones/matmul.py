@@ -73,15 +73,20 @@ def rows_matmul(
     Returns:
       [..., N], the dtype `jnp.matmul` gives.
     """
-    if jax.default_backend() == "tpu":
-        return jnp.matmul(x, w, precision=precision, preferred_element_type=preferred_element_type)
-    rows = jnp.matmul(
-        x.reshape(-1, x.shape[-1]),
-        w,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
+    product = jnp.matmul(
+        flatten_rows(x), w, precision=precision, preferred_element_type=preferred_element_type
     )
-    return rows.reshape(*x.shape[:-1], w.shape[-1])
+    return product.reshape(*x.shape[:-1], w.shape[-1])
+
+
+def flatten_rows(x: jax.Array) -> jax.Array:
+    """x [..., K] as `rows_matmul` multiplies it: [rows, K], or x itself on a TPU.
+
+    Flattening an input once before several products keeps one copy of it for their weight
+    gradients: each product flattening its own makes autodiff keep one per product
+    (`vit.Attention.project`).
+    """
+    return x if jax.default_backend() == "tpu" else x.reshape(-1, x.shape[-1])
 
 
 def _checked(precision: str) -> str:

@@ -26,6 +26,7 @@ from grouped_select import pallas_vit
 from grouped_select.backbones import matmul
 from grouped_select.backbones.activations import exact_gelu
 from grouped_select.backbones.attention import attention
+from grouped_select.backbones.layer_norm import LayerNorm
 
 # HF initialises every linear / conv kernel and both embeddings with trunc_normal(std=0.02).
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
@@ -63,9 +64,10 @@ def _linear(
     )
 
 
-def _layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    # Two-pass variance, as torch computes it (the fast E[x²] - E[x]² loses digits).
-    return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, rngs=rngs)
+def _layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> LayerNorm:
+    # Two-pass variance, as torch computes it (the fast E[x²] - E[x]² loses digits); a
+    # gradient that keeps the input alone (`layer_norm`).
+    return LayerNorm(dim, epsilon=eps, rngs=rngs)
 
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
@@ -130,11 +132,21 @@ class Attention(nnx.Module):
         """
         layers = (self.query, self.key, self.value)
         if self.implementation != "cudnn":
-            return tuple(layer(x) for layer in layers)
+            return self.shared_input(x, layers)
         kernel = jnp.concatenate([layer.kernel[...] for layer in layers], axis=1)
         bias = jnp.concatenate([layer.bias[...] for layer in layers])
         qkv = matmul.matmul(x, kernel, self.matmul_precision) + bias
         return tuple(jnp.split(qkv, 3, axis=-1))
+
+    @staticmethod
+    def shared_input(x: jax.Array, layers: Sequence[nnx.Linear]) -> tuple[jax.Array, ...]:
+        """Each of `layers` applied to x [B, N, D]: one [B, N, D_out] per layer.
+
+        x is flattened into rows once for all of them (`matmul.flatten_rows`), so that
+        autodiff keeps one copy of it for their weight gradients, not one per layer.
+        """
+        rows = matmul.flatten_rows(x)
+        return tuple(layer(rows).reshape(*x.shape[:-1], -1) for layer in layers)
 
     def attend(
         self,
@@ -274,7 +286,11 @@ class Mlp(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, N, D] -> [B, N, D]."""
-        return self.fc2(exact_gelu(self.fc1(x)))
+        # fc2's weight gradient reads GELU's output and GELU's derivative its input. Keeping
+        # the input alone and recomputing the output in the backward pass (one erf per
+        # hidden unit) keeps one [B, N, mlp_dim] tensor per block instead of two
+        # (`benchmarks/RESULTS.md`, ninth session of 2026-12-07).
+        return jax.checkpoint(lambda hidden: self.fc2(exact_gelu(hidden)))(self.fc1(x))
 
 
 class EncoderBlock(nnx.Module):
@@ -354,9 +370,8 @@ class EncoderBlock(nnx.Module):
         if valid_tokens is not None:
             x = x[:, :valid_tokens]
         attn, normed = self.attn, self.norm1(x)
-        y = attn.attend(
-            attn.query(normed[:, :1]), attn.key(normed), attn.value(normed), implementation="xla"
-        )
+        k, v = attn.shared_input(normed, (attn.key, attn.value))
+        y = attn.attend(attn.query(normed[:, :1]), k, v, implementation="xla")
         x = x[:, :1] + y
         return x + self.mlp(self.norm2(x))
 
