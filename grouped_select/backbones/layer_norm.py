@@ -2,13 +2,15 @@
 
 Autodiff through `nnx.LayerNorm` keeps three [..., D] tensors per layer for the backward
 pass (x - mean, 2 (x - mean) from the variance's derivative, and the normalised value), each
-written out in float32. The hand-written gradient (`jax.custom_vjp`) keeps the input in its
-own dtype and the per-row mean and 1 / std, and recomputes the normalised value where the
-backward pass reads it.
+in float32 whatever the input's dtype. The hand-written gradient (`jax.custom_vjp`) keeps
+the input in its own dtype and the per-row mean and 1 / std, and recomputes the normalised
+value where the backward pass reads it.
 
 The value is `nnx.LayerNorm(use_fast_variance=False)`'s: statistics in float32 (or the
 input's wider type), y = (x - mean) · (rsqrt(var + eps) · scale) + bias, in the promoted
-dtype of x, scale and bias.
+dtype of x, scale and bias. Like the package's other hand-written gradients it has no
+forward-mode derivative (`jax.jvp`); reverse mode works to any order (the backward pass is
+differentiable).
 """
 
 import functools
