@@ -45,19 +45,14 @@ def _statistics(x: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array]:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _layer_norm(x, scale, bias, epsilon):
-    mean, inv_std = _statistics(x, epsilon)
-    return _affine(x, mean, inv_std, scale, bias)
-
-
-def _affine(x, mean, inv_std, scale, bias):
-    # flax's order of operations, so that values match nnx.LayerNorm's bit for bit
-    y = (x - mean) * (inv_std * scale) + bias
-    return y.astype(x.dtype)
+    return _layer_norm_forward(x, scale, bias, epsilon)[0]
 
 
 def _layer_norm_forward(x, scale, bias, epsilon):
     mean, inv_std = _statistics(x, epsilon)
-    return _affine(x, mean, inv_std, scale, bias), (x, mean, inv_std, scale)
+    # flax's order of operations, so that values match nnx.LayerNorm's bit for bit
+    y = ((x - mean) * (inv_std * scale) + bias).astype(x.dtype)
+    return y, (x, mean, inv_std, scale)
 
 
 def _layer_norm_backward(epsilon, residuals, grad):

@@ -304,7 +304,7 @@ def test_a_blocks_backward_pass_keeps_each_activation_once():
     attention (for the LayerNorms' gradients, with two statistics each), the normalised input
     once for the three projections, q, k and v, the attention's output and one log-sum-exp
     per head, the output projection's and fc1's inputs, and fc1's output (GELU is recomputed
-    from it): 9 D + mlp_dim + heads + 4 numbers. ViT-Ti kept 4,420 before (2,503 now):
+    from it): 9 D + mlp_dim + heads + 4 numbers. ViT-Ti kept 4,423 before (2,503 now):
     autodiff through flax's LayerNorm kept three [N, D] tensors each, the projections one
     copy of their input each, and GELU its slope beside its output."""
     block = EncoderBlock(VIT_TINY_TEST, layer_norm_eps=1e-12, rngs=nnx.Rngs(0))
