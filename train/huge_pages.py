@@ -1,14 +1,16 @@
 """Transparent huge pages for XLA's host buffers: the programs re-execute themselves once.
 
 XLA's CPU runtime allocates every call's temporary buffer with glibc's malloc (951 MB for
-the paper's training step at batch 4, 224²). glibc maps a block that large fresh from the
-kernel on each call and unmaps it afterwards, so every step touches ~237,000 new 4 KiB pages:
-on the 2-core CPU of `benchmarks/RESULTS.md` a third of the step's CPU time went to the
-kernel's page faults. glibc >= 2.35 can ask the kernel for transparent huge pages on what it
-maps (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, an madvise(MADV_HUGEPAGE)): ~1,000 faults of
-2 MiB per step instead, and fewer TLB misses. The paper's CPU step went from 639 to 456 ms
-(`benchmarks/huge_pages.py`), the built-in benchmark's from 71.4 to 63.8 ms; results are
-unchanged (only where memory comes from changes).
+the paper's training step at batch 4, 224², when this was written; 445 MB on 2026-12-08).
+glibc maps a block that large fresh from the kernel on each call and unmaps it afterwards,
+so every step touched ~237,000 new 4 KiB pages: on the 2-core CPU of `benchmarks/RESULTS.md`
+a third of the step's CPU time went to the kernel's page faults. glibc >= 2.35 can ask the
+kernel for transparent huge pages on what it maps (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`,
+an madvise(MADV_HUGEPAGE)): ~1,000 faults of 2 MiB per step instead, and fewer TLB misses.
+The paper's CPU step went from 639 to 456 ms (`benchmarks/huge_pages.py`), the built-in
+benchmark's from 71.4 to 63.8 ms; results are unchanged (only where memory comes from
+changes). Keeping the buffer in glibc's heap instead, so that nothing faults, made the step
+slower (`benchmarks/RESULTS.md`, 2026-12-08): the huge pages alone are what is set.
 
 glibc reads its tunables once, at process start, so `reexec_with_huge_pages()` (called first
 thing by `train/main.py` and the other programs) starts the program again with the tunable
