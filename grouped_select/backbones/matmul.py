@@ -84,7 +84,7 @@ def flatten_rows(x: jax.Array) -> jax.Array:
 
     Flattening an input once before several products keeps one copy of it for their weight
     gradients: each product flattening its own makes autodiff keep one per product
-    (`vit.Attention.project`).
+    (`vit.Attention.shared_input`).
     """
     return x if jax.default_backend() == "tpu" else x.reshape(-1, x.shape[-1])
 
